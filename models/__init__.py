@@ -1,0 +1,1 @@
+"""Model code, training, ONNX export, registry and evaluation; usable without any broker or server."""

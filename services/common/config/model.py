@@ -1,0 +1,467 @@
+"""The platform's one typed configuration.
+
+Every component reads its settings from this model; nothing reads environment variables
+or files on its own. Each section forbids unknown keys so that a typo such as
+`treshold:` fails at load time instead of silently falling back to a default.
+Pluggable parts (online store, alert sinks) are picked by a `type:` discriminator.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.common.anomaly_types import AnomalyType
+from services.common.model_names import ModelName
+
+
+class Section(BaseModel):
+    """Base of every configuration section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+class TopicSpec(Section):
+    """One Kafka topic and the settings `anomaly topics create` gives it."""
+
+    name: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    """Topic name as seen by the broker."""
+    partitions: int = Field(default=32, ge=1, le=10_000)
+    """Partition count; bounds how many consumers of a group can work in parallel."""
+    retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
+    """How long records are kept (-1 = forever)."""
+    cleanup_policy: Literal["delete", "compact", "compact,delete"] = "delete"
+    """`compact` keeps the latest record per key (changelogs); `delete` expires by time."""
+    extra: dict[str, str] = Field(default_factory=dict)
+    """Further broker topic configs, passed through verbatim (e.g. `max.message.bytes`)."""
+
+
+def _topic(name: str, partitions: int, days: float, policy: str = "delete") -> TopicSpec:
+    return TopicSpec.model_validate(
+        {
+            "name": name,
+            "partitions": partitions,
+            "retention_ms": -1 if days < 0 else int(days * 24 * 3600 * 1000),
+            "cleanup_policy": policy,
+        }
+    )
+
+
+class TopicsConfig(Section):
+    """The topics the pipeline reads and writes."""
+
+    events: TopicSpec = _topic("events", 32, 7)
+    """Raw events, key = entity id. 32 partitions bound the ingest consumer group's width."""
+    features: TopicSpec = _topic("features", 32, 1)
+    """One feature vector per event, for the scoring stream."""
+    scores: TopicSpec = _topic("scores", 32, 3)
+    """Every decision of the router, anomalous or not."""
+    alerts: TopicSpec = _topic("alerts", 8, 30)
+    """Decisions that crossed a threshold."""
+    dlq: TopicSpec = _topic("events.dlq", 4, 30)
+    """Malformed events with the reason and their source coordinates."""
+    labels: TopicSpec = _topic("events.labels", 4, 30)
+    """Ground truth of generated streams (event id -> anomaly type), kept out of the payload."""
+    changelog: TopicSpec = _topic("features.changelog", 32, -1, "compact")
+    """Window state per entity (compacted), partitioned like `events`: state moves with its
+    partition on a rebalance and survives restarts. Must have as many partitions as `events`."""
+    replication_factor: int = Field(default=1, ge=1, le=32)
+    """Replicas per partition; 1 for the local single-node broker, 3 in production."""
+
+    @model_validator(mode="after")
+    def _changelog_mirrors_events(self) -> TopicsConfig:
+        if self.changelog.partitions != self.events.partitions:
+            raise ValueError(
+                f"changelog.partitions ({self.changelog.partitions}) must equal "
+                f"events.partitions ({self.events.partitions}): state is kept per events partition"
+            )
+        return self
+
+
+class ProducerTuning(Section):
+    """librdkafka producer settings that decide throughput.
+
+    The defaults favour throughput (linger 20 ms, lz4, 1 MB batches) because librdkafka's
+    own defaults (linger 5 ms, no compression) are meant for latency.
+    """
+
+    linger_ms: int = Field(default=20, ge=0, le=10_000)
+    """How long the producer waits to fill a batch."""
+    batch_size: int = Field(default=1_000_000, ge=1)
+    """Maximum bytes per partition batch."""
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    """Batch compression; lz4 is cheap on CPU."""
+    acks: Literal["all", "1", "0"] = "all"
+    """Durability of a produce; `all` is what 'durable' means for offset commits."""
+    enable_idempotence: bool = True
+    """Avoid duplicates on producer retries."""
+    queue_buffering_max_messages: int = Field(default=1_000_000, ge=1)
+    """Local queue bound; produce() blocks (polls) when it is full."""
+
+
+class KafkaConfig(Section):
+    """How to reach the broker and shape the clients."""
+
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    """Comma-separated host:port list."""
+    client_id: str = "anomaly-platform"
+    """Prefix of client ids, visible in broker logs and metrics."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Transport security."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism when a SASL protocol is used."""
+    sasl_username: str | None = None
+    """SASL user name."""
+    sasl_password: SecretStr | None = None
+    """SASL password; set it through ANOMALY_KAFKA__SASL_PASSWORD, not in the file."""
+    producer: ProducerTuning = ProducerTuning()
+    """Producer throughput settings."""
+    topics: TopicsConfig = TopicsConfig()
+    """Topic names and layouts."""
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Further librdkafka settings applied to every client (escape hatch)."""
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- Feast
+
+
+class SqliteOnlineStore(Section):
+    """Embedded online store: a file, no server. The default for local runs."""
+
+    type: Literal["sqlite"] = "sqlite"
+    path: str = "var/feast/online_store.db"
+    """SQLite file, relative to the working directory."""
+
+
+class RedisOnlineStore(Section):
+    """Production-style online store."""
+
+    type: Literal["redis"]
+    connection_string: str = "127.0.0.1:6379"
+    """Feast's Redis connection string (`host:port,db=0,password=...`)."""
+    key_ttl_seconds: int | None = Field(default=None, ge=1)
+    """Expire entities that stopped sending events."""
+
+
+OnlineStoreConfig = Annotated[SqliteOnlineStore | RedisOnlineStore, Field(discriminator="type")]
+
+
+class FeastConfig(Section):
+    """Where the Feast repository and its online store are."""
+
+    repo_path: str = "feature_repo"
+    """Directory holding `feature_store.yaml` and the feature definitions."""
+    project: str = Field(default="anomaly", pattern=r"^[a-z][a-z0-9_]*$")
+    """Feast project name."""
+    registry_path: str = "var/feast/registry.db"
+    """Feast registry file."""
+    online_store: OnlineStoreConfig = SqliteOnlineStore()
+    """Online store backend, selected by `type:` (sqlite or redis)."""
+
+
+# --------------------------------------------------------------------------- models and serving
+
+
+class ModelStoreConfig(Section):
+    """The versioned model registry on disk: `<path>/<model>/<version>/`."""
+
+    path: str = "model_store"
+    """Root directory of the registry."""
+
+
+class EndpointConfig(Section):
+    """One model-serving endpoint speaking the Open Inference Protocol v2."""
+
+    rest_url: str = Field(pattern=r"^https?://")
+    """Base URL of the V2 REST API (`/v2/models/<name>/infer` is appended)."""
+    grpc_target: str | None = None
+    """host:port of the V2 gRPC API; used when `protocol` is grpc."""
+    protocol: Literal["grpc", "rest"] = "grpc"
+    """Which door the router uses."""
+    timeout_ms: int = Field(default=200, ge=1, le=60_000)
+    """Per-call deadline; past it the vote goes on without this model (degraded)."""
+    retries: int = Field(default=1, ge=0, le=10)
+    """Retries with jitter before the model counts as failed for this batch."""
+
+    @model_validator(mode="after")
+    def _grpc_needs_target(self) -> EndpointConfig:
+        if self.protocol == "grpc" and not self.grpc_target:
+            raise ValueError("protocol grpc needs grpc_target (host:port)")
+        return self
+
+
+def _default_endpoints() -> dict[ModelName, EndpointConfig]:
+    ports = {ModelName.ISOLATION_FOREST: 8100, ModelName.XGBOOST: 8110, ModelName.TRANSFORMER: 8120}
+    return {
+        name: EndpointConfig(
+            rest_url=f"http://127.0.0.1:{port}", grpc_target=f"127.0.0.1:{port + 1}"
+        )
+        for name, port in ports.items()
+    }
+
+
+class ServingConfig(Section):
+    """Model servers and their dynamic batching."""
+
+    endpoints: dict[ModelName, EndpointConfig] = Field(default_factory=_default_endpoints)
+    """Endpoint of each model kind."""
+    max_batch_size: int = Field(default=1024, ge=1, le=65_536)
+    """Dynamic batching: most rows coalesced into one model call."""
+    max_batch_delay_ms: float = Field(default=2.0, ge=0, le=1000)
+    """Dynamic batching: longest a request waits for company."""
+    max_request_rows: int = Field(default=65_536, ge=1)
+    """Larger requests are refused with 413 instead of stalling the server."""
+
+
+# --------------------------------------------------------------------------- ensemble and flags
+
+
+class CascadeConfig(Section):
+    """Cascade strategy: the Transformer only scores events the cheap models are unsure of."""
+
+    uncertain_low: float = Field(default=0.5, ge=0, le=1)
+    """Below this combined cheap-model score an event is normal without the Transformer."""
+    uncertain_high: float = Field(default=0.98, ge=0, le=1)
+    """Above this the event is anomalous without the Transformer."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CascadeConfig:
+        if self.uncertain_low >= self.uncertain_high:
+            raise ValueError(
+                f"uncertain_low ({self.uncertain_low}) must be below "
+                f"uncertain_high ({self.uncertain_high})"
+            )
+        return self
+
+
+def _default_thresholds() -> dict[AnomalyType, float]:
+    return dict.fromkeys(AnomalyType, 0.9)
+
+
+class EnsembleConfig(Section):
+    """How model scores become one decision."""
+
+    strategy: Literal["weighted", "k_of_n", "any", "all", "cascade"] = "weighted"
+    """Vote rule; `cascade` is `weighted` with the Transformer only in the uncertain band."""
+    weights: dict[ModelName, float] = Field(
+        default_factory=lambda: {
+            ModelName.ISOLATION_FOREST: 1.0,
+            ModelName.XGBOOST: 2.0,
+            ModelName.TRANSFORMER: 1.0,
+        }
+    )
+    """Relative weight of each model in the weighted vote."""
+    k: int = Field(default=2, ge=1, le=len(ModelName))
+    """Votes needed under `k_of_n`."""
+    default_threshold: float = Field(default=0.9, ge=0, le=1)
+    """Calibrated score above which a model votes 'anomalous' when its type has no threshold."""
+    thresholds: dict[AnomalyType, float] = Field(default_factory=_default_thresholds)
+    """Threshold per anomaly type, on calibrated scores in [0, 1]."""
+    cascade: CascadeConfig = CascadeConfig()
+    """Band settings for the cascade strategy."""
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_unit_interval(cls, v: dict[AnomalyType, float]) -> dict[AnomalyType, float]:
+        for kind, value in v.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"threshold for {kind.value} must be within [0, 1], got {value}")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_non_negative(cls, v: dict[ModelName, float]) -> dict[ModelName, float]:
+        for name, value in v.items():
+            if value < 0:
+                raise ValueError(f"weight of {name.value} must be >= 0, got {value}")
+        if v and sum(v.values()) == 0:
+            raise ValueError("at least one model weight must be positive")
+        return v
+
+
+class ModelFlag(Section):
+    """Per-model feature flags: the rollback and experiment switches."""
+
+    enabled: bool = True
+    """A disabled model is not called at all."""
+    version: str | None = None
+    """Pinned registry version; None serves the version promoted in the registry."""
+    shadow: bool = False
+    """Score and log, but do not vote."""
+
+
+class FeatureFlags(Section):
+    """Switches meant to be flipped at run time by editing the file (hot-reloaded)."""
+
+    models: dict[ModelName, ModelFlag] = Field(
+        default_factory=lambda: {name: ModelFlag() for name in ModelName}
+    )
+    """Flags of each model."""
+    alerts_enabled: bool = True
+    """Global kill switch for outgoing alerts; decisions are still produced."""
+    suppressed_entities: frozenset[str] = frozenset()
+    """Entities that never alert (known noisy, under maintenance)."""
+    forced_entities: frozenset[str] = frozenset()
+    """Entities whose every anomalous-or-not decision alerts (investigation mode)."""
+
+    @model_validator(mode="after")
+    def _no_entity_both_ways(self) -> FeatureFlags:
+        both = self.suppressed_entities & self.forced_entities
+        if both:
+            raise ValueError(f"entities both suppressed and forced: {sorted(both)}")
+        return self
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+class PagerDutySink(Section):
+    """PagerDuty Events API v2."""
+
+    type: Literal["pagerduty"]
+    url: str = Field(default="https://events.pagerduty.com/v2/enqueue", pattern=r"^https?://")
+    """Events API endpoint; point it at `anomaly pagerduty-receiver` for local runs."""
+    routing_key: SecretStr | None = None
+    """Integration key; set it through ANOMALY_ALERTS__ROUTING_KEY or a Kubernetes Secret."""
+    group_window_s: float = Field(default=60, ge=0)
+    """Alerts of one entity and type within this window share one incident."""
+
+
+class WebhookSink(Section):
+    """Generic JSON POST of each alert."""
+
+    type: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://")
+    """Target URL."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra headers (e.g. an authorization token)."""
+
+
+class KafkaAlertSink(Section):
+    """Alerts to the `alerts` topic (always durable, for downstream consumers)."""
+
+    type: Literal["kafka"]
+
+
+AlertSinkConfig = Annotated[
+    PagerDutySink | WebhookSink | KafkaAlertSink, Field(discriminator="type")
+]
+
+
+def _default_sinks() -> list[AlertSinkConfig]:
+    return [KafkaAlertSink(type="kafka")]
+
+
+class AlertsConfig(Section):
+    """Where alerts go and how undeliverable ones wait."""
+
+    sinks: list[AlertSinkConfig] = Field(default_factory=_default_sinks)
+    """Destinations, each picked by `type:` (pagerduty, webhook, kafka)."""
+    outbox_path: str = "var/alerts/outbox.db"
+    """Durable outbox (SQLite) for alerts a sink could not take yet."""
+    routing_key: SecretStr | None = None
+    """PagerDuty routing key shared by pagerduty sinks that set none (from env/secret)."""
+
+
+# --------------------------------------------------------------------------- generator
+
+
+class IngestConfig(Section):
+    """The feature-ingestion service."""
+
+    group_id: str = "anomaly-ingest"
+    """Consumer group; replicas of the service share the `events` partitions."""
+    batch_max_events: int = Field(default=20_000, ge=1, le=1_000_000)
+    """Most events consumed into one micro-batch."""
+    batch_timeout_ms: int = Field(default=100, ge=1, le=60_000)
+    """Longest wait to fill a micro-batch; bounds the latency the batch adds."""
+    allowed_lateness_ms: int = Field(default=60_000, ge=0)
+    """Events further behind their entity's newest event are late: scored, not windowed."""
+    checkpoint_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    """How often changed window state goes to the changelog; bounds replay after a crash."""
+    write_online_store: bool = True
+    """Write the latest features of touched entities to the Feast online store."""
+    ops_host: str = "127.0.0.1"
+    """Address of the health/metrics HTTP server (0.0.0.0 in a pod)."""
+    ops_port: int = Field(default=9100, ge=0, le=65_535)
+    """Port of `/healthz`, `/readyz` and `/metrics` (0 picks a free port)."""
+
+
+class GeneratorConfig(Section):
+    """Defaults of `anomaly generate`, the labelled synthetic stream."""
+
+    seed: int = 42
+    """Same seed, same stream, byte for byte."""
+    entities: int = Field(default=5_000, ge=1, le=10_000_000)
+    """Number of distinct entities."""
+    anomaly_rate: float = Field(default=0.01, ge=0, le=0.5)
+    """Fraction of events that are injected anomalies."""
+    payment_share: float = Field(default=0.5, ge=0, le=1)
+    """Fraction of entities that are payment accounts (the rest trade instruments)."""
+
+
+# --------------------------------------------------------------------------- root
+
+
+class PlatformConfig(BaseSettings):
+    """Root of the configuration: `config/platform.yaml`, overridden by `ANOMALY_*` variables.
+
+    Environment variables use `__` between levels, e.g.
+    `ANOMALY_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or
+    `ANOMALY_FEAST__ONLINE_STORE__TYPE=redis`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="ANOMALY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    kafka: KafkaConfig = KafkaConfig()
+    """Broker, clients and topics."""
+    feast: FeastConfig = FeastConfig()
+    """Feature store."""
+    model_store: ModelStoreConfig = ModelStoreConfig()
+    """Model registry."""
+    serving: ServingConfig = ServingConfig()
+    """Model-serving endpoints."""
+    ensemble: EnsembleConfig = EnsembleConfig()
+    """Vote rules and thresholds."""
+    flags: FeatureFlags = FeatureFlags()
+    """Hot-reloadable switches."""
+    alerts: AlertsConfig = AlertsConfig()
+    """Alert sinks and outbox."""
+    ingest: IngestConfig = IngestConfig()
+    """Feature-ingestion service."""
+    generator: GeneratorConfig = GeneratorConfig()
+    """Synthetic stream defaults."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment beats the file: the file arrives as init kwargs, so env goes first."""
+        return env_settings, init_settings, file_secret_settings

@@ -1,0 +1,1 @@
+"""Kafka client construction and topic management shared by all services."""

@@ -1,0 +1,51 @@
+"""Rejected events go to the dead-letter topic with the reason, never silently dropped.
+
+The original bytes are the record's value, untouched, so a fixed producer (or an operator)
+can replay them; the reason and the source coordinates travel as headers, the convention
+Kafka Connect uses for its DLQs, so tools that understand those need no new format.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Producer
+
+from services.common.events import Rejected
+
+HEADER_PREFIX = "anomaly.dlq."
+
+
+def dead_letter_headers(
+    rejected: Rejected, topic: str, partition: int, offset: int
+) -> list[tuple[str, str | bytes | None]]:
+    """Headers naming why and where a record was rejected."""
+    headers: list[tuple[str, str | bytes | None]] = [
+        (HEADER_PREFIX + "reason", rejected.reason.encode()),
+        (HEADER_PREFIX + "source.topic", topic.encode()),
+        (HEADER_PREFIX + "source.partition", str(partition).encode()),
+        (HEADER_PREFIX + "source.offset", str(offset).encode()),
+        (HEADER_PREFIX + "rejected.at", str(int(time.time() * 1000)).encode()),
+    ]
+    if rejected.field is not None:
+        headers.append((HEADER_PREFIX + "field", rejected.field.encode()))
+    return headers
+
+
+def send_dead_letter(
+    producer: Producer,
+    dlq_topic: str,
+    rejected: Rejected,
+    *,
+    key: bytes | None,
+    source_topic: str,
+    partition: int,
+    offset: int,
+) -> None:
+    """Produce one dead letter (delivery is confirmed by the batch's flush before commit)."""
+    producer.produce(
+        dlq_topic,
+        value=rejected.raw,
+        key=key,
+        headers=dead_letter_headers(rejected, source_topic, partition, offset),
+    )

@@ -1,0 +1,373 @@
+"""The ingest loop: consume a micro-batch, compute features, make outputs durable, then commit.
+
+Per batch, in this order (at-least-once end to end):
+1. consume up to `batch_max_events` or `batch_timeout_ms`;
+2. parse and validate; rejected events to the dead-letter topic with their reason;
+3. window features for the valid events (the compiled engine);
+4. one `features` message per event, and the latest row of each touched entity to the
+   Feast online store in one batched write;
+5. flush the producer (every feature, dead letter and previous checkpoint acknowledged);
+6. commit the batch's offsets. Only now is the input considered done.
+
+A crash anywhere before 6 re-delivers the batch: duplicates are bounded by one batch, and
+the engine recognises re-delivered events by offset, so window state is not double counted.
+Every `checkpoint_interval_s` the changed state goes to the changelog (after a commit), and on
+a rebalance revoked partitions are checkpointed before they are released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from services.common.config import PlatformConfig
+from services.common.events import parse_batch
+from services.common.features.columns import columns_from_events
+from services.common.features.engine import EngineSettings, FeatureEngine
+from services.common.features.messages import encode_feature_messages
+from services.common.kafka.clients import coordinates, make_consumer, make_producer
+from services.ingest.changelog import StateChangelog
+from services.ingest.dead_letters import send_dead_letter
+from services.ingest.metrics import IngestMetrics
+
+log = logging.getLogger(__name__)
+
+
+class OnlineSink(Protocol):
+    """Where the latest features of each entity go (the Feast online store)."""
+
+    def write_latest(
+        self,
+        entity_ids: Sequence[str],
+        event_ts_ms: npt.NDArray[np.int64],
+        matrix: npt.NDArray[np.float32],
+    ) -> None:
+        """Write one row per entity; called once per micro-batch."""
+
+
+class DeliveryError(RuntimeError):
+    """Outputs of a batch were not acknowledged; its offsets must not be committed."""
+
+
+def latest_per_entity(entity_ids: Sequence[str], keep: npt.NDArray[np.bool_]) -> list[int]:
+    """Index of the last kept row of each entity, in first-seen order."""
+    last: dict[str, int] = {}
+    for i, entity in enumerate(entity_ids):
+        if keep[i]:
+            last[entity] = i
+    return list(last.values())
+
+
+class IngestService:
+    """One ingest instance: a member of the `events` consumer group."""
+
+    def __init__(
+        self,
+        config: PlatformConfig,
+        *,
+        online_sink: OnlineSink | None = None,
+        metrics: IngestMetrics | None = None,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.config = config
+        self.topics = config.kafka.topics
+        ing = config.ingest
+        self.engine = FeatureEngine(EngineSettings(allowed_lateness_ms=ing.allowed_lateness_ms))
+        self.metrics = metrics or IngestMetrics()
+        self.online_sink = online_sink
+        self._clock_ms = clock_ms
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._producer: Producer = make_producer(config.kafka, "ingest")
+        self._consumer: Consumer = make_consumer(
+            config.kafka,
+            "ingest",
+            ing.group_id,
+            **{"statistics.interval.ms": 5000, "stats_cb": self._on_stats},
+        )
+        self.changelog = StateChangelog(
+            self._producer,
+            lambda: make_consumer(
+                config.kafka,
+                "ingest-restore",
+                f"{ing.group_id}-restore",
+                **{"enable.partition.eof": False},
+            ),
+            self.topics.changelog.name,
+            self.topics.events.name,
+        )
+        self._assigned: set[int] = set()
+        self._positions: dict[int, int] = {}
+        """Next offset to consume per owned partition, as of the last commit."""
+        self._dirty: set[int] = set()
+        self._last_checkpoint = time.monotonic()
+        self._delivery_failures: list[str] = []
+        self._error: str | None = None
+        self.batches = 0
+
+    # ------------------------------------------------------------------ health
+
+    def live(self) -> tuple[bool, str]:
+        """Alive unless the loop died on an error (a restart then re-delivers the batch)."""
+        if self._error is not None:
+            return False, f"failed: {self._error}"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready once subscribed and through the first assignment's restore."""
+        if self._ready.is_set():
+            return True, f"ready; partitions={sorted(self._assigned)}"
+        return False, "starting: joining the consumer group / restoring state"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, checkpoint and leave the group."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Consume until `stop()`; raises if outputs cannot be made durable."""
+        ing = self.config.ingest
+        self._consumer.subscribe(
+            [self.topics.events.name],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        timeout = ing.batch_timeout_ms / 1000.0
+        try:
+            while not self._stop.is_set():
+                msgs = self._consumer.consume(num_messages=ing.batch_max_events, timeout=timeout)
+                self._ready.set()
+                if msgs:
+                    self.process(msgs)
+                if time.monotonic() - self._last_checkpoint >= ing.checkpoint_interval_s:
+                    self.checkpoint()
+        except Exception as exc:
+            self._error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            if self._assigned:
+                self.checkpoint()
+        finally:
+            self._consumer.close()  # leaves the group; revoke callback checkpoints the rest
+            self._producer.flush(30.0)
+            self._ready.clear()
+
+    # ------------------------------------------------------------------ one batch
+
+    def process(self, msgs: list[Message]) -> int:
+        """Handle one consumed batch end to end (through the commit); returns valid events."""
+        m = self.metrics
+        started = time.perf_counter()
+        values: list[bytes] = []
+        keys: list[bytes | None] = []
+        partitions: list[int] = []
+        offsets: list[int] = []
+        commit_to: dict[int, int] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error", extra={"error": err.str()})
+                continue
+            partition, offset = coordinates(msg)
+            values.append(msg.value() or b"")
+            keys.append(msg.key())
+            partitions.append(partition)
+            offsets.append(offset)
+            commit_to[partition] = offset + 1
+        if not values:
+            return 0
+
+        events, positions, rejected = parse_batch(values)
+        for r in rejected:
+            send_dead_letter(
+                self._producer,
+                self.topics.dlq.name,
+                r,
+                key=keys[r.index],
+                source_topic=self.topics.events.name,
+                partition=partitions[r.index],
+                offset=offsets[r.index],
+            )
+            m.dead_letters.labels(field=r.field or "payload").inc()
+            log.warning(
+                "event rejected to the dead-letter topic",
+                extra={
+                    "reason": r.reason,
+                    "partition": partitions[r.index],
+                    "offset": offsets[r.index],
+                },
+            )
+        parsed = time.perf_counter()
+        m.batch_seconds.labels(stage="parse").observe(parsed - started)
+
+        if events:
+            cols = columns_from_events(
+                events, [partitions[i] for i in positions], [offsets[i] for i in positions]
+            )
+            result = self.engine.process(cols)
+            self._dirty.update(result.touched_slots.tolist())
+            computed = time.perf_counter()
+            m.batch_seconds.labels(stage="features").observe(computed - parsed)
+
+            self._produce_features(
+                cols.event_ids, cols.entity_ids, cols.ts, result.late, result.matrix
+            )
+            produced = time.perf_counter()
+            m.batch_seconds.labels(stage="produce").observe(produced - computed)
+
+            if self.online_sink is not None:
+                rows = latest_per_entity(cols.entity_ids, ~result.late)
+                if rows:
+                    self.online_sink.write_latest(
+                        [cols.entity_ids[i] for i in rows], cols.ts[rows], result.matrix[rows]
+                    )
+                m.batch_seconds.labels(stage="online_store").observe(time.perf_counter() - produced)
+            m.late_events.inc(int(result.late.sum()))
+
+        flush_started = time.perf_counter()
+        self._flush()
+        self._consumer.commit(
+            offsets=[TopicPartition(self.topics.events.name, p, o) for p, o in commit_to.items()],
+            asynchronous=False,
+        )
+        self._positions.update(commit_to)
+        done = time.perf_counter()
+        m.batch_seconds.labels(stage="flush_commit").observe(done - flush_started)
+        m.batch_seconds.labels(stage="total").observe(done - started)
+        m.batch_events.observe(len(values))
+        m.events.inc(len(events))
+        m.entities.set(len(self.engine))
+        self.batches += 1
+        return len(events)
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._delivery_failures.append(err.str())
+
+    def _produce_features(
+        self,
+        event_ids: list[str],
+        entity_ids: list[str],
+        ts: npt.NDArray[np.int64],
+        late: npt.NDArray[np.bool_],
+        matrix: npt.NDArray[np.float32],
+    ) -> None:
+        values = encode_feature_messages(event_ids, ts, self._clock_ms(), late, matrix)
+        produce = self._producer.produce
+        topic = self.topics.features.name
+        callback = self._on_delivery
+        for entity, value in zip(entity_ids, values, strict=True):
+            key = entity.encode()
+            while True:
+                try:
+                    produce(topic, value=value, key=key, on_delivery=callback)
+                    break
+                except BufferError:
+                    self._producer.poll(0.01)
+
+    def _flush(self) -> None:
+        remaining = self._producer.flush(60.0)
+        if remaining or self._delivery_failures:
+            failures, self._delivery_failures = self._delivery_failures, []
+            raise DeliveryError(
+                f"{remaining} outputs unacknowledged and {len(failures)} failed "
+                f"(first: {failures[:1]}); not committing"
+            )
+
+    # ------------------------------------------------------------------ state
+
+    def checkpoint(self, partitions: set[int] | None = None) -> int:
+        """Write changed state (of `partitions`, or all owned) and markers to the changelog."""
+        owned = self._assigned if partitions is None else partitions & self._assigned
+        if not owned:
+            self._last_checkpoint = time.monotonic()
+            return 0
+        started = time.perf_counter()
+        part_of = self.engine.partition_of
+        slots = [s for s in self._dirty if int(part_of[s]) in owned]
+        positions = {p: self._positions[p] for p in owned if p in self._positions}
+        written = self.changelog.checkpoint(self.engine, slots, positions)
+        self._dirty.difference_update(slots)
+        self._last_checkpoint = time.monotonic()
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+        return written
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = consumer.committed(partitions, timeout=30.0)
+        for tp in committed:
+            started = time.perf_counter()
+            position = tp.offset if tp.offset >= 0 else 0
+            restored, replayed = self.changelog.restore(self.engine, tp.partition, position)
+            self.metrics.restore_seconds.observe(time.perf_counter() - started)
+            self.metrics.replayed_events.inc(replayed)
+            self._assigned.add(tp.partition)
+            self._positions[tp.partition] = position
+            log.info(
+                "partition assigned",
+                extra={
+                    "partition": tp.partition,
+                    "committed": position,
+                    "entities": restored,
+                    "replayed": replayed,
+                },
+            )
+        self._update_scale()
+        # Returning without assign() lets the client apply the (incremental) assignment itself.
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {tp.partition for tp in partitions} & self._assigned
+        if revoked:
+            try:
+                self.checkpoint(revoked)
+            except Exception:
+                log.exception("checkpoint of revoked partitions failed; next owner replays more")
+            self._release(revoked)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions lost without a clean revoke: another member may own them already."""
+        self._release({tp.partition for tp in partitions} & self._assigned)
+
+    def _release(self, partitions: set[int]) -> None:
+        part_of = self.engine.partition_of
+        self._dirty = {s for s in self._dirty if int(part_of[s]) not in partitions}
+        for p in partitions:
+            released = self.engine.release_partition(p)
+            self._assigned.discard(p)
+            self._positions.pop(p, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(str(p))
+            log.info("partition released", extra={"partition": p, "entities": released})
+        self._update_scale()
+
+    def _update_scale(self) -> None:
+        owned = len(self._assigned)
+        total = self.topics.events.partitions
+        self.engine.rate_scale = total / owned if owned else 1.0
+        self.metrics.assigned_partitions.set(owned)
+
+    def _on_stats(self, stats_json: str) -> None:
+        """librdkafka statistics (every 5 s): consumer lag per partition, at no extra request."""
+        stats: dict[str, Any] = orjson.loads(stats_json)
+        topic = stats.get("topics", {}).get(self.topics.events.name, {})
+        for pid, part in topic.get("partitions", {}).items():
+            if pid == "-1" or int(pid) not in self._assigned:
+                continue
+            lag = part.get("consumer_lag", -1)
+            if lag >= 0:
+                self.metrics.consumer_lag.labels(partition=pid).set(lag)

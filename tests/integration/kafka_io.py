@@ -1,0 +1,101 @@
+"""Small helpers for tests that write to and read from the real broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, TopicPartition
+
+from services.common.config import PlatformConfig
+from services.common.kafka.clients import make_admin, make_producer
+from services.common.kafka.topics import ensure_topics, pipeline_topics
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed record, detached from librdkafka."""
+
+    key: bytes | None
+    value: bytes
+    partition: int
+    offset: int
+    headers: dict[str, bytes]
+
+
+def create_topics(cfg: PlatformConfig) -> None:
+    ensure_topics(make_admin(cfg.kafka), pipeline_topics(cfg.kafka.topics))
+
+
+def produce(cfg: PlatformConfig, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+    """Produce (key, value) pairs and wait until every one is acknowledged."""
+    producer = make_producer(cfg.kafka, "test")
+    failures: list[str] = []
+    for key, value in records:
+        producer.produce(
+            topic,
+            key=key,
+            value=value,
+            on_delivery=lambda err, _m: failures.append(str(err)) if err else None,
+        )
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    assert not failures, failures
+
+
+def read_all(cfg: PlatformConfig, topic: str, expected: int, timeout_s: float = 60.0) -> list[Record]:
+    """Read a topic from the beginning until `expected` records arrived (or time runs out)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < expected and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                if msg.error() is not None:
+                    continue
+                partition, offset = msg.partition(), msg.offset()
+                assert partition is not None and offset is not None
+                out.append(
+                    Record(
+                        msg.key(),
+                        msg.value() or b"",
+                        partition,
+                        offset,
+                        {k: v or b"" for k, v in (msg.headers() or [])},
+                    )
+                )
+        return out
+    finally:
+        consumer.close()
+
+
+def committed_offsets(cfg: PlatformConfig, group: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": group})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        tps = consumer.committed([TopicPartition(topic, p) for p in meta.partitions], timeout=10)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        consumer.close()
+
+
+def end_offsets(cfg: PlatformConfig, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": "x"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.partitions
+        }
+    finally:
+        consumer.close()

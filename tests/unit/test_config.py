@@ -1,0 +1,142 @@
+"""The typed configuration: good files load, bad files fail with the field, value and file named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli.main import app
+from services.common.anomaly_types import AnomalyType
+from services.common.config import ConfigError, load_config
+from services.common.config.model import RedisOnlineStore, SqliteOnlineStore
+from services.common.model_names import ModelName
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "platform.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's shell may export ANOMALY_* variables; tests must not see them."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("ANOMALY_"):
+            monkeypatch.delenv(key)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "platform.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_is_valid_and_matches_documented_defaults() -> None:
+    cfg = load_config(REPO_CONFIG)
+    assert cfg.kafka.topics.events.partitions == 32
+    assert isinstance(cfg.feast.online_store, SqliteOnlineStore)
+    assert cfg.ensemble.thresholds[AnomalyType.SLOW_DRIFT] == 0.8
+    assert set(cfg.flags.models) == set(ModelName)
+
+
+def test_empty_file_gives_complete_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert set(cfg.ensemble.thresholds) == set(AnomalyType)
+    assert cfg.serving.endpoints[ModelName.XGBOOST].grpc_target == "127.0.0.1:8111"
+
+
+def test_online_store_is_selected_by_type(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, "feast:\n  online_store: {type: redis, connection_string: 'r:6380'}\n")
+    )
+    assert isinstance(cfg.feast.online_store, RedisOnlineStore)
+    assert cfg.feast.online_store.connection_string == "r:6380"
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "kafka:\n  bootstrap_servers: from-file:9092\n  client_id: file\n")
+    monkeypatch.setenv("ANOMALY_KAFKA__BOOTSTRAP_SERVERS", "from-env:9092")
+    cfg = load_config(path)
+    assert cfg.kafka.bootstrap_servers == "from-env:9092"
+    # Deep merge: a sibling key from the file survives the override.
+    assert cfg.kafka.client_id == "file"
+
+
+def test_secret_from_environment_is_masked_in_dumps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANOMALY_ALERTS__ROUTING_KEY", "R0UT1NGKEY")
+    cfg = load_config(REPO_CONFIG)
+    assert cfg.alerts.routing_key is not None
+    assert cfg.alerts.routing_key.get_secret_value() == "R0UT1NGKEY"
+    assert "R0UT1NGKEY" not in repr(cfg)
+    result = CliRunner().invoke(app, ["config", "show", "-c", str(REPO_CONFIG), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert "R0UT1NGKEY" not in result.output
+    assert "**********" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ensemble:\n  thresholds: {price_spike: 1.5}\n", "ensemble.thresholds"),
+        ("ensemble:\n  thresholds: {price_spike: 1.5}\n", "1.5"),
+        ("ensemble:\n  thresholds: {price_spik: 0.5}\n", "price_spik"),
+        ("ensemble:\n  treshold: 0.5\n", "ensemble.treshold: unknown key"),
+        ("ensemble:\n  strategy: majority\n", "ensemble.strategy = 'majority'"),
+        ("ensemble:\n  weights: {xgboost: -1}\n", "weight of xgboost must be >= 0"),
+        (
+            "kafka:\n  topics:\n    events: {name: events, partitions: 0}\n",
+            "kafka.topics.events.partitions = 0",
+        ),
+        ("feast:\n  online_store: {type: cassandra}\n", "feast.online_store"),
+        (
+            "ensemble:\n  cascade: {uncertain_low: 0.9, uncertain_high: 0.2}\n",
+            "uncertain_low (0.9)",
+        ),
+        (
+            "serving:\n  endpoints:\n    xgboost: {rest_url: 'ftp://x'}\n",
+            "serving.endpoints.xgboost.rest_url",
+        ),
+        (
+            "flags:\n  suppressed_entities: [a]\n  forced_entities: [a]\n",
+            "both suppressed and forced",
+        ),
+        ("kafka:\n  security_protocol: SASL_SSL\n", "needs sasl_mechanism"),
+        ("- just\n- a list\n", "top level must be a mapping"),
+        ("kafka: {bootstrap_servers: [unclosed\n", "line 2"),
+    ],
+)
+def test_bad_files_name_field_value_and_file(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert expected in message
+
+
+def test_all_problems_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "ensemble:\n  k: 9\n  strategy: nope\nkafka:\n  linger: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert len(info.value.problems) == 3
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_validate_exits_2_with_message_and_no_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "ensemble:\n  default_threshold: high\n")
+    result = CliRunner().invoke(app, ["config", "validate", "-c", str(path)])
+    assert result.exit_code == 2
+    assert "ensemble.default_threshold = 'high'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_validate_accepts_shipped_file() -> None:
+    result = CliRunner().invoke(app, ["config", "validate", "-c", str(REPO_CONFIG)])
+    assert result.exit_code == 0
+    assert "valid" in result.output
