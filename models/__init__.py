@@ -1,1 +1,1 @@
-"""Model code, training, ONNX export, registry and evaluation; usable without any broker or server."""
+"""Model code, training, ONNX export, registry and evaluation; needs no broker or server."""

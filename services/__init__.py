@@ -1,1 +1,1 @@
-"""Runtime services of the anomaly-detection platform: ingest, serving, router, and the code they share."""
+"""Runtime services of the platform: ingest, serving, router, and the code they share."""

@@ -27,7 +27,14 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from services.common.config import PlatformConfig
 from services.common.events import parse_batch
@@ -92,7 +99,11 @@ class IngestService:
             config.kafka,
             "ingest",
             ing.group_id,
-            **{"statistics.interval.ms": 5000, "stats_cb": self._on_stats},
+            **{
+                "statistics.interval.ms": 5000,
+                "stats_cb": self._on_stats,
+                "session.timeout.ms": ing.session_timeout_ms,
+            },
         )
         self.changelog = StateChangelog(
             self._producer,
@@ -181,6 +192,8 @@ class IngestService:
         for msg in msgs:
             err = msg.error()
             if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error", extra={"error": err.str()})
                 continue

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from services.common.config import PlatformConfig
 from services.common.kafka.clients import make_admin, make_producer
@@ -23,6 +24,14 @@ class Record:
     partition: int
     offset: int
     headers: dict[str, bytes]
+
+
+def _headers(msg: Message) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    headers: Any = msg.headers() or []  # the stubs allow a dict too; consumers get pairs
+    for key, value in headers:
+        out[str(key)] = value if isinstance(value, bytes) else str(value or "").encode()
+    return out
 
 
 def create_topics(cfg: PlatformConfig) -> None:
@@ -45,8 +54,20 @@ def produce(cfg: PlatformConfig, topic: str, records: Sequence[tuple[bytes | Non
     assert not failures, failures
 
 
-def read_all(cfg: PlatformConfig, topic: str, expected: int, timeout_s: float = 60.0) -> list[Record]:
+def read_all(
+    cfg: PlatformConfig, topic: str, expected: int, timeout_s: float = 60.0
+) -> list[Record]:
     """Read a topic from the beginning until `expected` records arrived (or time runs out)."""
+    return read_until(cfg, topic, lambda records: len(records) >= expected, timeout_s)
+
+
+def read_until(
+    cfg: PlatformConfig,
+    topic: str,
+    done: Callable[[list[Record]], bool],
+    timeout_s: float = 60.0,
+) -> list[Record]:
+    """Read a topic from the beginning until `done(records)` holds (or time runs out)."""
     consumer = Consumer(
         {
             "bootstrap.servers": cfg.kafka.bootstrap_servers,
@@ -59,7 +80,7 @@ def read_all(cfg: PlatformConfig, topic: str, expected: int, timeout_s: float = 
         consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
         out: list[Record] = []
         deadline = time.monotonic() + timeout_s
-        while len(out) < expected and time.monotonic() < deadline:
+        while not done(out) and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=10_000, timeout=0.5):
                 if msg.error() is not None:
                     continue
@@ -71,7 +92,7 @@ def read_all(cfg: PlatformConfig, topic: str, expected: int, timeout_s: float = 
                         msg.value() or b"",
                         partition,
                         offset,
-                        {k: v or b"" for k, v in (msg.headers() or [])},
+                        _headers(msg),
                     )
                 )
         return out

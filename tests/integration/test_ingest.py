@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -100,8 +100,8 @@ class Running:
 
 
 @pytest.fixture
-def running() -> Iterator[Callable[[PlatformConfig], Running]]:
-    yield Running
+def running() -> Callable[[PlatformConfig], Running]:
+    return Running
 
 
 def offline_features(events: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -135,7 +135,10 @@ def test_every_event_gets_features_bad_ones_go_to_dlq_offsets_committed(
     assert sorted(decoded.event_ids) == sorted(e["event_id"] for e in good)
     # Keys are entity ids, and each feature message sits on its entity's partition.
     by_id = {e["event_id"]: e for e in good}
-    assert all(by_id[eid]["entity_id"] == ent for eid, ent in zip(decoded.event_ids, decoded.entity_ids))
+    assert all(
+        by_id[eid]["entity_id"] == ent
+        for eid, ent in zip(decoded.event_ids, decoded.entity_ids, strict=True)
+    )
 
     reference = offline_features(good)
     for eid, row in zip(decoded.event_ids, decoded.matrix, strict=True):
@@ -181,7 +184,7 @@ def test_restarted_service_restores_window_state_from_the_changelog(
     checked = 0
     for eid, row in zip(decoded.event_ids, decoded.matrix, strict=True):
         if eid in second_ids:
-            # Counts over the 1 h window, baselines and novelty all continue from before the restart.
+            # 1 h window counts, baselines and novelty all continue from before the restart.
             np.testing.assert_allclose(row[PER_EVENT], reference[eid][PER_EVENT], rtol=1e-6)
             checked += 1
     assert checked == len(second)

@@ -395,6 +395,8 @@ class IngestConfig(Section):
     """Events further behind their entity's newest event are late: scored, not windowed."""
     checkpoint_interval_s: float = Field(default=10.0, gt=0, le=3600)
     """How often changed window state goes to the changelog; bounds replay after a crash."""
+    session_timeout_ms: int = Field(default=45_000, ge=1_000, le=300_000)
+    """How long a silent (crashed) member keeps its partitions before the group moves them."""
     write_online_store: bool = True
     """Write the latest features of touched entities to the Feast online store."""
     ops_host: str = "127.0.0.1"
