@@ -110,90 +110,133 @@ class StateChangelog:
 
     # ------------------------------------------------------------------ restoring
 
-    def restore(self, engine: FeatureEngine, partition: int, committed: int) -> tuple[int, int]:
-        """Restore one partition's state and replay it up to `committed`.
+    def restore(
+        self, engine: FeatureEngine, committed: dict[int, int]
+    ) -> dict[int, tuple[int, int]]:
+        """Restore the state of newly assigned partitions and replay each up to its commit.
 
-        Returns (entities restored, events replayed).
+        `committed` maps partition -> committed `events` offset. All partitions are read
+        with one consumer in one pass (an assignment of 32 partitions must not cost 32 round
+        trips). Returns partition -> (entities restored, events replayed).
         """
         started = time.monotonic()
-        records, marker = self._read_changelog(partition)
-        restored = engine.import_state([(k, partition, v) for k, v in records.items()])
-        start = marker if marker is not None else 0
-        replayed = self._replay(engine, partition, start, committed) if committed > start else 0
+        records, markers = self._read_changelog(sorted(committed))
+        out: dict[int, tuple[int, int]] = {}
+        for partition in sorted(committed):
+            entities = records.get(partition, {})
+            out[partition] = (
+                engine.import_state([(k, partition, v) for k, v in entities.items()]),
+                0,
+            )
+        starts = {p: markers.get(p, 0) for p in committed}
+        replayed = self._replay(engine, {p: (starts[p], c) for p, c in committed.items()})
+        for partition, count in replayed.items():
+            out[partition] = (out[partition][0], count)
         log.info(
             "restored partition state",
             extra={
-                "partition": partition,
-                "entities": restored,
-                "replayed_events": replayed,
-                "from_offset": start,
-                "to_offset": committed,
+                "partitions": len(committed),
+                "entities": sum(e for e, _ in out.values()),
+                "replayed_events": sum(r for _, r in out.values()),
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
-        return restored, replayed
+        return out
 
-    def _read_changelog(self, partition: int) -> tuple[dict[str, bytes], int | None]:
+    def _read_changelog(
+        self, partitions: list[int]
+    ) -> tuple[dict[int, dict[str, bytes]], dict[int, int]]:
+        """Latest record per entity and the latest marker, per partition."""
         consumer = self._consumer_factory()
+        records: dict[int, dict[str, bytes]] = {p: {} for p in partitions}
+        markers: dict[int, int] = {}
         try:
-            tp = TopicPartition(self.changelog_topic, partition)
-            low, high = consumer.get_watermark_offsets(tp, timeout=30.0)
-            records: dict[str, bytes] = {}
-            marker: int | None = None
-            if high <= low:
-                return records, marker
-            consumer.assign([TopicPartition(self.changelog_topic, partition, OFFSET_BEGINNING)])
-            position = low
-            while position < high:
-                for msg in consumer.consume(num_messages=10_000, timeout=1.0):
+            remaining: dict[int, int] = {}
+            assignment = []
+            for p in partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.changelog_topic, p), timeout=30.0
+                )
+                if high > low:
+                    remaining[p] = high
+                    assignment.append(TopicPartition(self.changelog_topic, p, OFFSET_BEGINNING))
+            if not assignment:
+                return records, markers
+            consumer.assign(assignment)
+            idle = 0
+            while remaining and idle < 20:
+                msgs = consumer.consume(num_messages=10_000, timeout=0.2)
+                idle = 0 if msgs else idle + 1
+                for msg in msgs:
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
                             continue
                         raise ChangelogError(f"reading changelog: {err.str()}")
-                    position = coordinates(msg)[1] + 1
+                    partition, offset = coordinates(msg)
                     key, value = msg.key(), msg.value()
                     if key == MARKER_KEY:
-                        marker = int(value) if value else None
+                        if value:
+                            markers[partition] = int(value)
                     elif key is not None and value is not None:
-                        records[key.decode()] = value
-            return records, marker
+                        records[partition][key.decode()] = value
+                    if offset + 1 >= remaining.get(partition, 0):
+                        remaining.pop(partition, None)
+            if remaining:
+                raise ChangelogError(
+                    f"changelog partitions {sorted(remaining)} not read to their end"
+                )
+            return records, markers
         finally:
             consumer.close()
 
-    def _replay(self, engine: FeatureEngine, partition: int, start: int, end: int) -> int:
-        """Re-apply events [start, end) to the state; outputs are not produced again."""
+    def _replay(self, engine: FeatureEngine, ranges: dict[int, tuple[int, int]]) -> dict[int, int]:
+        """Re-apply events [start, end) of each partition; outputs are not produced again."""
+        replayed = dict.fromkeys(ranges, 0)
         consumer = self._consumer_factory()
-        replayed = 0
         try:
-            tp = TopicPartition(self.events_topic, partition)
-            _low, high = consumer.get_watermark_offsets(tp, timeout=30.0)
-            end = min(end, high)
-            consumer.assign([TopicPartition(self.events_topic, partition, start)])
-            position = start
+            todo: dict[int, int] = {}
+            assignment = []
+            for p, (start, committed) in ranges.items():
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.events_topic, p), timeout=30.0
+                )
+                end = min(committed, high)
+                if end > start:
+                    todo[p] = end
+                    assignment.append(TopicPartition(self.events_topic, p, start))
+            if not assignment:
+                return replayed
+            consumer.assign(assignment)
             idle = 0
-            while position < end and idle < 10:
-                msgs = consumer.consume(num_messages=10_000, timeout=1.0)
+            while todo and idle < 20:
+                msgs = consumer.consume(num_messages=10_000, timeout=0.2)
                 idle = 0 if msgs else idle + 1
-                batch = []
-                offsets = []
+                values: list[bytes] = []
+                parts: list[int] = []
+                offsets: list[int] = []
                 for msg in msgs:
                     if msg.error() is not None:
                         continue
-                    offset = coordinates(msg)[1]
-                    if offset >= end:
+                    partition, offset = coordinates(msg)
+                    stop = todo.get(partition)
+                    if stop is None or offset >= stop:
                         continue
-                    batch.append(msg.value() or b"")
+                    values.append(msg.value() or b"")
+                    parts.append(partition)
                     offsets.append(offset)
-                    position = offset + 1
-                if not batch:
+                    if offset + 1 >= stop:
+                        del todo[partition]
+                if not values:
                     continue
-                events, positions, _rejected = parse_batch(batch)
-                cols = columns_from_events(
-                    events, [partition] * len(events), [offsets[i] for i in positions]
+                events, positions, _rejected = parse_batch(values)
+                engine.process(
+                    columns_from_events(
+                        events, [parts[i] for i in positions], [offsets[i] for i in positions]
+                    )
                 )
-                engine.process(cols)
-                replayed += len(events)
+                for i in positions:
+                    replayed[parts[i]] += 1
             return replayed
         finally:
             consumer.close()

@@ -322,24 +322,24 @@ class IngestService:
         return written
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        committed = consumer.committed(partitions, timeout=30.0)
-        for tp in committed:
-            started = time.perf_counter()
-            position = tp.offset if tp.offset >= 0 else 0
-            restored, replayed = self.changelog.restore(self.engine, tp.partition, position)
-            self.metrics.restore_seconds.observe(time.perf_counter() - started)
-            self.metrics.replayed_events.inc(replayed)
-            self._assigned.add(tp.partition)
-            self._positions[tp.partition] = position
-            log.info(
-                "partition assigned",
-                extra={
-                    "partition": tp.partition,
-                    "committed": position,
-                    "entities": restored,
-                    "replayed": replayed,
-                },
-            )
+        started = time.perf_counter()
+        committed = {
+            tp.partition: (tp.offset if tp.offset >= 0 else 0)
+            for tp in consumer.committed(partitions, timeout=30.0)
+        }
+        restored = self.changelog.restore(self.engine, committed)
+        self.metrics.restore_seconds.observe(time.perf_counter() - started)
+        self.metrics.replayed_events.inc(sum(r for _, r in restored.values()))
+        self._assigned.update(committed)
+        self._positions.update(committed)
+        log.info(
+            "partitions assigned",
+            extra={
+                "partitions": sorted(committed),
+                "entities": sum(e for e, _ in restored.values()),
+                "replayed": sum(r for _, r in restored.values()),
+            },
+        )
         self._update_scale()
         # Returning without assign() lets the client apply the (incremental) assignment itself.
 
@@ -365,7 +365,7 @@ class IngestService:
             self._positions.pop(p, None)
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(str(p))
-            log.info("partition released", extra={"partition": p, "entities": released})
+            log.debug("partition released", extra={"partition": p, "entities": released})
         self._update_scale()
 
     def _update_scale(self) -> None:

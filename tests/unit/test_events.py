@@ -217,3 +217,74 @@ def test_json_schema_agrees_with_the_validator(
 @pytest.mark.parametrize("good", [TRADE, PAYMENT, METRIC], ids=["trade", "payment", "metric"])
 def test_json_schema_accepts_valid_events(good: dict[str, Any]) -> None:
     jsonschema.Draft202012Validator(event_json_schema()).validate(good)
+
+
+def test_fast_path_and_precise_validator_agree_on_mutated_events() -> None:
+    """The inline fast path may only accept what the table-driven validator accepts, identically."""
+    import random
+
+    from services.common.events.validation import _fast_transaction, validate_event
+
+    pool: list[Any] = [
+        None,
+        True,
+        0,
+        1,
+        -1,
+        7,
+        1.5,
+        -0.5,
+        0.0,
+        1e308,
+        "",
+        "x",
+        "DE",
+        "de",
+        "EUR",
+        "eur",
+        "D1",
+        "y" * 65,
+        "z" * 129,
+        [],
+        {},
+        1_767_571_200_000,
+        946_684_799_999,
+        4_102_444_800_001,
+    ]
+    fields = [*TRADE, "value", "label"]
+    rng = random.Random(1)
+    disagreements = []
+    for _ in range(20_000):
+        obj = dict(rng.choice([TRADE, PAYMENT]))
+        for _ in range(rng.randint(1, 3)):
+            name = rng.choice(fields)
+            if rng.random() < 0.2:
+                obj.pop(name, None)
+            else:
+                obj[name] = rng.choice(pool)
+        try:
+            precise: dict[str, Any] | None = validate_event(dict(obj))
+        except EventError:
+            precise = None
+        fast = _fast_transaction(dict(obj)) if obj.get("kind") in ("trade", "payment") else None
+        if fast is not None and fast != precise:
+            disagreements.append((obj, fast, precise))
+    assert not disagreements, disagreements[:3]
+
+
+@pytest.mark.parametrize(
+    ("case", "raw", "field", "reason"), BAD_CASES, ids=[c[0] for c in BAD_CASES]
+)
+def test_fast_path_rejects_every_bad_case(
+    case: str, raw: bytes, field: str | None, reason: str
+) -> None:
+    from services.common.events.validation import _fast_transaction
+
+    if case == "oversize payload":
+        return  # refused on size before any parsing
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(obj, dict) and obj.get("kind") in ("trade", "payment"):
+        assert _fast_transaction(obj) is None

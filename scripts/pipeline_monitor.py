@@ -1,0 +1,177 @@
+"""Live view of a running pipeline, read from its topics and its services' /metrics.
+
+Used by the main job (`scripts/run_local.py`) and the end-to-end benchmark. It reads the
+output topics like any downstream consumer would (its own consumer group, from the end),
+so what it reports is what a user of the platform sees: how many events came out as
+feature vectors, how long after their event time, and how many were dead-lettered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.common.config import PlatformConfig
+from services.common.features.messages import HEADER_DTYPE, HEADER_SIZE
+
+
+@dataclass
+class Snapshot:
+    """Counters since the monitor started, and latency over the last interval."""
+
+    elapsed_s: float = 0.0
+    generated: int = 0
+    generated_per_s: float = 0.0
+    injected_anomalies: int = 0
+    features: int = 0
+    features_per_s: float = 0.0
+    dead_letters: int = 0
+    consumer_lag: float | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    """p50/p99 of event time to feature publication over the last interval."""
+
+
+def percentiles(values: list[np.ndarray]) -> dict[str, float]:
+    """p50/p99 of concatenated samples (empty -> {})."""
+    if not values:
+        return {}
+    data = np.concatenate(values)
+    if data.size == 0:
+        return {}
+    p50, p99 = np.percentile(data, [50, 99])
+    return {"p50": float(p50), "p99": float(p99), "max": float(data.max())}
+
+
+def scrape(url: str, names: set[str]) -> dict[str, float]:
+    """Sum of samples per metric name on a Prometheus endpoint ({} when unreachable)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in names:
+                out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+    return out
+
+
+class PipelineMonitor:
+    """Consumes `features` and `events.dlq` from their ends and keeps running figures."""
+
+    def __init__(self, config: PlatformConfig, ingest_metrics_url: str | None = None) -> None:
+        topics = config.kafka.topics
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": config.kafka.bootstrap_servers,
+                "group.id": f"anomaly-monitor-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        self._topics = (topics.features.name, topics.dlq.name)
+        self._ingest_metrics_url = ingest_metrics_url
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
+        self._started = time.monotonic()
+        self._features = 0
+        self._dead = 0
+        self._lat: list[np.ndarray] = []
+        self._all_lat: list[np.ndarray] = []
+        self._last: tuple[float, int, int] = (self._started, 0, 0)
+        self.generated = 0
+        self.generated_per_s = 0.0
+        self.injected = 0
+
+    def start(self) -> PipelineMonitor:
+        """Start consuming from the current end of the topics."""
+        assignment = []
+        for topic in self._topics:
+            meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
+            assignment += [TopicPartition(topic, p, OFFSET_END) for p in meta.partitions]
+        self._consumer.assign(assignment)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop consuming and close the consumer."""
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        features_topic = self._topics[0]
+        while not self._stop.is_set():
+            msgs = self._consumer.consume(num_messages=20_000, timeout=0.2)
+            values = []
+            dead = 0
+            for msg in msgs:
+                if msg.error() is not None:
+                    continue
+                if msg.topic() == features_topic:
+                    values.append((msg.value() or b"")[:HEADER_SIZE])
+                else:
+                    dead += 1
+            if not values and not dead:
+                continue
+            now_ms = time.time() * 1000.0
+            lat = np.empty(0)
+            if values:
+                header = np.frombuffer(b"".join(values), dtype=HEADER_DTYPE, count=len(values))
+                lat = now_ms - header["ts"].astype(np.float64)
+            with self._lock:
+                self._features += len(values)
+                self._dead += dead
+                self._lat.append(lat)
+
+    def snapshot(self) -> Snapshot:
+        """Figures since the start; latency and rates over the interval since the last call."""
+        now = time.monotonic()
+        with self._lock:
+            lat, self._lat = self._lat, []
+            features, dead = self._features, self._dead
+        self._all_lat.extend(lat)
+        last_t, last_features, _ = self._last
+        interval = max(now - last_t, 1e-6)
+        self._last = (now, features, dead)
+        snap = Snapshot(
+            elapsed_s=now - self._started,
+            generated=self.generated,
+            generated_per_s=self.generated_per_s,
+            injected_anomalies=self.injected,
+            features=features,
+            features_per_s=(features - last_features) / interval,
+            dead_letters=dead,
+            latency_ms=percentiles(lat),
+        )
+        if self._ingest_metrics_url:
+            lag = scrape(self._ingest_metrics_url, {"anomaly_ingest_consumer_lag"})
+            snap.consumer_lag = lag.get("anomaly_ingest_consumer_lag")
+        return snap
+
+    def overall_latency(self) -> dict[str, float]:
+        """Event-to-features latency over the whole run."""
+        with self._lock:
+            pending = list(self._lat)
+        return percentiles([*self._all_lat, *pending])
+
+
+def format_snapshot(s: Snapshot) -> str:
+    """One line for a terminal."""
+    lat = s.latency_ms
+    latency = f"p50 {lat['p50']:6.0f} ms  p99 {lat['p99']:6.0f} ms" if lat else "p50      - ms  p99      - ms"
+    lag = f"{s.consumer_lag:>8,.0f}" if s.consumer_lag is not None else "       -"
+    return (
+        f"[{s.elapsed_s:6.1f}s] generated {s.generated:>10,} ({s.generated_per_s:>8,.0f}/s)"
+        f" | features {s.features:>10,} ({s.features_per_s:>8,.0f}/s) lag {lag}"
+        f" | event->features {latency} | dlq {s.dead_letters:,} | injected anomalies {s.injected_anomalies:,}"
+    )

@@ -1,0 +1,195 @@
+"""The main job: the platform on this machine, on embedded defaults, with a live summary.
+
+Starts a real Kafka broker (assembled from Maven Central on first use), creates the topics,
+registers the Feast definitions (SQLite online store), starts the ingest service as its own
+process, streams the labelled generator into `events` at the chosen rate, and prints a live
+line of throughput, consumer lag, event-to-features latency and dead letters. Ctrl-C (or the
+end of `--seconds`) stops everything it started, in order, and leaves no process behind.
+
+    python scripts/run_local.py [--rate 20000] [--seconds 60] [--port 9092]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from local_kafka import LocalKafka  # noqa: E402
+from pipeline_monitor import PipelineMonitor, format_snapshot  # noqa: E402
+
+from services.common.config import PlatformConfig, dump_config, load_config  # noqa: E402
+from services.common.kafka.clients import make_admin  # noqa: E402
+from services.common.kafka.topics import ensure_topics, pipeline_topics  # noqa: E402
+
+VAR = ROOT / "var" / "local"
+
+
+def log(message: str) -> None:
+    print(f"[run-local] {message}", file=sys.stderr, flush=True)
+
+
+class ServiceProcess:
+    """A platform service (`anomaly <command>`) as a child process in its own session."""
+
+    def __init__(self, name: str, args: list[str], log_file: Path) -> None:
+        self.name = name
+        self.log_file = log_file
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_file.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", *args],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            tail = self.log_file.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} exited with {code}; log tail:\n{tail}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} did not stop in {timeout:.0f} s; killing it")
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+
+
+def wait_ready(url: str, service: ServiceProcess, timeout: float = 120.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        service.check_alive()
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    raise RuntimeError(f"{service.name} not ready after {timeout:.0f} s ({url})")
+
+
+def local_config(bootstrap: str, ops_port: int) -> PlatformConfig:
+    """The embedded defaults, pointed at the local broker; written to var/ for the services."""
+    base = dump_config(load_config(None if not (ROOT / "config/platform.yaml").exists()
+                                   else ROOT / "config/platform.yaml"))
+    base["kafka"]["bootstrap_servers"] = bootstrap
+    base["ingest"]["ops_port"] = ops_port
+    base["feast"]["online_store"] = {"type": "sqlite", "path": str(VAR / "online_store.db")}
+    base["feast"]["registry_path"] = str(VAR / "registry.db")
+    return PlatformConfig(**base)
+
+
+@contextlib.contextmanager
+def platform(args: argparse.Namespace) -> Iterator[tuple[PlatformConfig, Path]]:
+    """Broker, topics, feature store and ingest service; torn down in reverse order."""
+    broker = LocalKafka(port=args.port)
+    started_broker = not broker.is_answering()
+    bootstrap = broker.start()
+    services: list[ServiceProcess] = []
+    try:
+        cfg = local_config(bootstrap, args.ops_port)
+        config_file = VAR / "platform.yaml"
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+        outcomes = ensure_topics(make_admin(cfg.kafka), pipeline_topics(cfg.kafka.topics))
+        log("topics: " + ", ".join(f"{o.name} ({o.status})" for o in outcomes))
+
+        from services.common.feast_store import apply
+
+        apply(cfg.feast)
+        log(f"feast definitions applied (SQLite online store {cfg.feast.online_store})")
+
+        ingest = ServiceProcess("ingest", ["ingest", "-c", str(config_file)], VAR / "ingest.log")
+        services.append(ingest)
+        wait_ready(f"http://127.0.0.1:{args.ops_port}/readyz", ingest)
+        log(f"ingest ready (metrics http://127.0.0.1:{args.ops_port}/metrics, log {ingest.log_file})")
+        yield cfg, config_file
+    finally:
+        for service in reversed(services):
+            log(f"stopping {service.name}")
+            service.stop()
+        if started_broker:
+            log("stopping the Kafka broker")
+            broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=20_000, help="events/s to generate")
+    parser.add_argument("--seconds", type=float, default=60, help="how long to stream (0 = until Ctrl-C)")
+    parser.add_argument("--port", type=int, default=9092, help="Kafka port on 127.0.0.1")
+    parser.add_argument("--ops-port", type=int, default=9100, help="ingest health/metrics port")
+    parser.add_argument("--entities", type=int, default=5_000)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+
+    from services.generator import GenerateRequest, Output, Progress, StreamSpec, generate
+
+    with platform(args) as (cfg, _config_file):
+        monitor = PipelineMonitor(cfg, f"http://127.0.0.1:{args.ops_port}/metrics").start()
+        done = threading.Event()
+
+        def report() -> None:
+            while not done.wait(2.0):
+                print(format_snapshot(monitor.snapshot()), flush=True)
+
+        def on_progress(p: Progress) -> None:
+            monitor.generated = p.events
+            monitor.generated_per_s = p.events_per_s
+            monitor.injected = p.anomalies
+
+        reporter = threading.Thread(target=report, daemon=True)
+        reporter.start()
+        spec = StreamSpec(seed=args.seed, entities=args.entities, rate=args.rate)
+        request = GenerateRequest(
+            spec=spec,
+            output=Output.KAFKA,
+            pace_rate=args.rate,
+            max_wall_s=args.seconds or None,
+            start_now=True,
+        )
+        result = generate(request, cfg.kafka, on_progress)
+        log(f"generator finished: {result.events:,} events at {result.events_per_s:,.0f}/s"
+            f"{' (interrupted)' if result.interrupted else ''}; draining")
+        deadline = time.monotonic() + 30
+        while monitor.snapshot().features < result.events and time.monotonic() < deadline:
+            time.sleep(0.5)
+        done.set()
+        final = monitor.snapshot()
+        lat = monitor.overall_latency()
+        monitor.stop()
+        print("\n== summary")
+        print(f"events generated      {result.events:>12,}  ({result.events_per_s:,.0f}/s achieved)")
+        print(f"anomalies injected    {result.anomaly_total:>12,}")
+        print(f"feature vectors       {final.features:>12,}")
+        print(f"dead letters          {final.dead_letters:>12,}")
+        if lat:
+            print(f"event->features       p50 {lat['p50']:,.0f} ms   p99 {lat['p99']:,.0f} ms   max {lat['max']:,.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
