@@ -168,10 +168,15 @@ class PipelineMonitor:
 def format_snapshot(s: Snapshot) -> str:
     """One line for a terminal."""
     lat = s.latency_ms
-    latency = f"p50 {lat['p50']:6.0f} ms  p99 {lat['p99']:6.0f} ms" if lat else "p50      - ms  p99      - ms"
+    latency = (
+        f"p50 {lat['p50']:6.0f} ms  p99 {lat['p99']:6.0f} ms"
+        if lat
+        else "p50      - ms  p99      - ms"
+    )
     lag = f"{s.consumer_lag:>8,.0f}" if s.consumer_lag is not None else "       -"
     return (
         f"[{s.elapsed_s:6.1f}s] generated {s.generated:>10,} ({s.generated_per_s:>8,.0f}/s)"
         f" | features {s.features:>10,} ({s.features_per_s:>8,.0f}/s) lag {lag}"
-        f" | event->features {latency} | dlq {s.dead_letters:,} | injected anomalies {s.injected_anomalies:,}"
+        f" | event->features {latency} | dlq {s.dead_letters:,}"
+        f" | injected anomalies {s.injected_anomalies:,}"
     )

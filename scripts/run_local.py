@@ -82,18 +82,23 @@ def wait_ready(url: str, service: ServiceProcess, timeout: float = 120.0) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         service.check_alive()
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                if response.status == 200:
-                    return
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(url, timeout=1.0) as response,
+        ):
+            if response.status == 200:
+                return
         time.sleep(0.5)
     raise RuntimeError(f"{service.name} not ready after {timeout:.0f} s ({url})")
 
 
 def local_config(bootstrap: str, ops_port: int) -> PlatformConfig:
     """The embedded defaults, pointed at the local broker; written to var/ for the services."""
-    base = dump_config(load_config(None if not (ROOT / "config/platform.yaml").exists()
-                                   else ROOT / "config/platform.yaml"))
+    base = dump_config(
+        load_config(
+            None if not (ROOT / "config/platform.yaml").exists() else ROOT / "config/platform.yaml"
+        )
+    )
     base["kafka"]["bootstrap_servers"] = bootstrap
     base["ingest"]["ops_port"] = ops_port
     base["feast"]["online_store"] = {"type": "sqlite", "path": str(VAR / "online_store.db")}
@@ -124,7 +129,9 @@ def platform(args: argparse.Namespace) -> Iterator[tuple[PlatformConfig, Path]]:
         ingest = ServiceProcess("ingest", ["ingest", "-c", str(config_file)], VAR / "ingest.log")
         services.append(ingest)
         wait_ready(f"http://127.0.0.1:{args.ops_port}/readyz", ingest)
-        log(f"ingest ready (metrics http://127.0.0.1:{args.ops_port}/metrics, log {ingest.log_file})")
+        log(
+            f"ingest ready: metrics http://127.0.0.1:{args.ops_port}/metrics, log {ingest.log_file}"
+        )
         yield cfg, config_file
     finally:
         for service in reversed(services):
@@ -136,9 +143,13 @@ def platform(args: argparse.Namespace) -> Iterator[tuple[PlatformConfig, Path]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rate", type=float, default=20_000, help="events/s to generate")
-    parser.add_argument("--seconds", type=float, default=60, help="how long to stream (0 = until Ctrl-C)")
+    parser.add_argument(
+        "--seconds", type=float, default=60, help="how long to stream (0 = until Ctrl-C)"
+    )
     parser.add_argument("--port", type=int, default=9092, help="Kafka port on 127.0.0.1")
     parser.add_argument("--ops-port", type=int, default=9100, help="ingest health/metrics port")
     parser.add_argument("--entities", type=int, default=5_000)
@@ -171,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             start_now=True,
         )
         result = generate(request, cfg.kafka, on_progress)
-        log(f"generator finished: {result.events:,} events at {result.events_per_s:,.0f}/s"
-            f"{' (interrupted)' if result.interrupted else ''}; draining")
+        log(
+            f"generator finished: {result.events:,} events at {result.events_per_s:,.0f}/s"
+            f"{' (interrupted)' if result.interrupted else ''}; draining"
+        )
         deadline = time.monotonic() + 30
         while monitor.snapshot().features < result.events and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -181,12 +194,17 @@ def main(argv: list[str] | None = None) -> int:
         lat = monitor.overall_latency()
         monitor.stop()
         print("\n== summary")
-        print(f"events generated      {result.events:>12,}  ({result.events_per_s:,.0f}/s achieved)")
+        print(
+            f"events generated      {result.events:>12,}  ({result.events_per_s:,.0f}/s achieved)"
+        )
         print(f"anomalies injected    {result.anomaly_total:>12,}")
         print(f"feature vectors       {final.features:>12,}")
         print(f"dead letters          {final.dead_letters:>12,}")
         if lat:
-            print(f"event->features       p50 {lat['p50']:,.0f} ms   p99 {lat['p99']:,.0f} ms   max {lat['max']:,.0f} ms")
+            print(
+                f"event->features       p50 {lat['p50']:,.0f} ms   "
+                f"p99 {lat['p99']:,.0f} ms   max {lat['max']:,.0f} ms"
+            )
     return 0
 
 
