@@ -53,8 +53,20 @@ class EventColumns:
         return len(self.entity_ids)
 
 
+_HASHES: dict[str, int] = {}
+_HASH_CACHE_LIMIT = 1_000_000
+
+
 def _hash_or_zero(value: object) -> int:
-    return stable_hash(value) if isinstance(value, str) else 0
+    """Cached: counterparties and countries repeat, and hashing is most of this column's cost."""
+    if not isinstance(value, str):
+        return 0
+    cached = _HASHES.get(value)
+    if cached is None:
+        if len(_HASHES) >= _HASH_CACHE_LIMIT:
+            _HASHES.clear()
+        cached = _HASHES[value] = stable_hash(value)
+    return cached
 
 
 def columns_from_events(

@@ -6,6 +6,7 @@ and in Helm hooks, so an existing topic is reported, not treated as an error.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -108,4 +109,31 @@ def ensure_topics(
                 raise TopicAdminError(f"cannot create topic {name}: {err.str()}") from None
             created = next(t for t in to_create if t.topic == name)
             outcomes[name] = TopicOutcome(name, "created", created.num_partitions)
+        _wait_visible(admin, [t.topic for t in to_create], timeout_s)
     return [outcomes[s.name] for s in specs]
+
+
+def _wait_visible(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Block until new topics appear in metadata with leaders for every partition.
+
+    The create call returns when the controller accepted it; a client that asks for metadata
+    a moment later can still be told the topic does not exist. Callers of `ensure_topics`
+    (a generator about to produce, a test) should not have to know that.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=max(deadline - time.monotonic(), 0.1)).topics
+        pending = {
+            n
+            for n in pending
+            if n not in topics
+            or topics[n].error is not None
+            or any(p.leader < 0 for p in topics[n].partitions.values())
+        }
+        if pending:
+            time.sleep(0.05)
+    if pending:
+        raise TopicAdminError(
+            f"topics {sorted(pending)} created but not visible after {timeout_s} s"
+        )
