@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from local_kafka import LocalKafka, free_port  # noqa: E402
+from local_redis import LocalRedis  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +39,16 @@ def kafka_bootstrap() -> Iterator[str]:
     broker = LocalKafka(port=free_port(), wipe_on_exit=True)
     with broker:
         yield broker.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    """One private redis-server (Debian's, installed if missing); tests isolate by key prefix
+    (Feast project name)."""
+    server = LocalRedis(port=free_port(), home=tmp_path_factory.mktemp("redis"), wipe_on_exit=True)
+    with server:
+        server.start()
+        yield server
 
 
 TopicsFactory = Callable[[], PlatformConfig]

@@ -72,6 +72,22 @@ class IngestMetrics:
             buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=registry,
         )
+        self.online_write_seconds = Histogram(
+            "anomaly_ingest_online_write_seconds",
+            "One coalesced write of latest rows to the Feast online store.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.online_rows = Counter(
+            "anomaly_ingest_online_rows_total",
+            "Entity rows written to the online store.",
+            registry=registry,
+        )
+        self.online_pending_entities = Gauge(
+            "anomaly_ingest_online_pending_entities",
+            "Entities whose latest row waits for the next online-store write.",
+            registry=registry,
+        )
         self.replayed_events = Counter(
             "anomaly_ingest_replayed_events_total",
             "Events re-applied to window state after a restore (not re-published).",

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,20 +45,9 @@ from services.common.kafka.clients import coordinates, make_consumer, make_produ
 from services.ingest.changelog import StateChangelog
 from services.ingest.dead_letters import send_dead_letter
 from services.ingest.metrics import IngestMetrics
+from services.ingest.online_writer import CoalescingOnlineWriter, OnlineSink
 
 log = logging.getLogger(__name__)
-
-
-class OnlineSink(Protocol):
-    """Where the latest features of each entity go (the Feast online store)."""
-
-    def write_latest(
-        self,
-        entity_ids: Sequence[str],
-        event_ts_ms: npt.NDArray[np.int64],
-        matrix: npt.NDArray[np.float32],
-    ) -> None:
-        """Write one row per entity; called once per micro-batch."""
 
 
 class DeliveryError(RuntimeError):
@@ -90,7 +79,13 @@ class IngestService:
         ing = config.ingest
         self.engine = FeatureEngine(EngineSettings(allowed_lateness_ms=ing.allowed_lateness_ms))
         self.metrics = metrics or IngestMetrics()
-        self.online_sink = online_sink
+        self.online = (
+            CoalescingOnlineWriter(
+                online_sink, self.metrics, min_interval_s=ing.online_write_interval_s
+            )
+            if online_sink is not None
+            else None
+        )
         self._clock_ms = clock_ms
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -123,6 +118,9 @@ class IngestService:
         self._last_checkpoint = time.monotonic()
         self._delivery_failures: list[str] = []
         self._error: str | None = None
+        self._seq = 0
+        self._uncommitted: list[tuple[int, dict[int, int]]] = []
+        """(batch sequence, partition -> next offset) of batches not committed yet."""
         self.batches = 0
 
     # ------------------------------------------------------------------ health
@@ -171,11 +169,13 @@ class IngestService:
 
     def _shutdown(self) -> None:
         try:
-            if self._assigned:
-                self.checkpoint()
+            if self._assigned and self._error is None:
+                self.checkpoint()  # writes the online store and commits everything first
         finally:
             self._consumer.close()  # leaves the group; revoke callback checkpoints the rest
             self._producer.flush(30.0)
+            if self.online is not None:
+                self.online.close()
             self._ready.clear()
 
     # ------------------------------------------------------------------ one batch
@@ -244,22 +244,24 @@ class IngestService:
             produced = time.perf_counter()
             m.batch_seconds.labels(stage="produce").observe(produced - computed)
 
-            if self.online_sink is not None:
-                rows = latest_per_entity(cols.entity_ids, ~result.late)
-                if rows:
-                    self.online_sink.write_latest(
-                        [cols.entity_ids[i] for i in rows], cols.ts[rows], result.matrix[rows]
-                    )
-                m.batch_seconds.labels(stage="online_store").observe(time.perf_counter() - produced)
+            rows = latest_per_entity(cols.entity_ids, ~result.late)
             m.late_events.inc(int(result.late.sum()))
+        else:
+            rows = []
 
         flush_started = time.perf_counter()
         self._flush()
-        self._consumer.commit(
-            offsets=[TopicPartition(self.topics.events.name, p, o) for p, o in commit_to.items()],
-            asynchronous=False,
-        )
-        self._positions.update(commit_to)
+        seq = self._seq
+        self._seq += 1
+        if self.online is not None:
+            if rows:
+                self.online.add(
+                    seq, [cols.entity_ids[i] for i in rows], cols.ts[rows], result.matrix[rows]
+                )
+            else:
+                self.online.mark_empty(seq)
+        self._uncommitted.append((seq, commit_to))
+        self._commit_durable()
         done = time.perf_counter()
         m.batch_seconds.labels(stage="flush_commit").observe(done - flush_started)
         m.batch_seconds.labels(stage="total").observe(done - started)
@@ -294,6 +296,32 @@ class IngestService:
                 except BufferError:
                     self._producer.poll(0.01)
 
+    def _commit_durable(self) -> int:
+        """Commit the offsets of every batch whose outputs are all durable (Kafka and store)."""
+        if not self._uncommitted:
+            return 0
+        durable = self.online.durable_seq if self.online is not None else self._seq
+        ready = [c for s, c in self._uncommitted if s <= durable]
+        if not ready:
+            return 0
+        self._uncommitted = [(s, c) for s, c in self._uncommitted if s > durable]
+        offsets: dict[int, int] = {}
+        for commit_to in ready:
+            for partition, offset in commit_to.items():
+                offsets[partition] = max(offset, offsets.get(partition, 0))
+        self._consumer.commit(
+            offsets=[TopicPartition(self.topics.events.name, p, o) for p, o in offsets.items()],
+            asynchronous=False,
+        )
+        self._positions.update(offsets)
+        return len(ready)
+
+    def _commit_all(self) -> None:
+        """Make every processed batch durable (waiting for the online store) and commit."""
+        if self.online is not None:
+            self.online.flush()
+        self._commit_durable()
+
     def _flush(self) -> None:
         remaining = self._producer.flush(60.0)
         if remaining or self._delivery_failures:
@@ -312,6 +340,9 @@ class IngestService:
             self._last_checkpoint = time.monotonic()
             return 0
         started = time.perf_counter()
+        # The state about to be written holds every processed event: commit them all first,
+        # so that the marker positions equal the commits and a restore replays nothing twice.
+        self._commit_all()
         part_of = self.engine.partition_of
         slots = [s for s in self._dirty if int(part_of[s]) in owned]
         positions = {p: self._positions[p] for p in owned if p in self._positions}
@@ -357,6 +388,10 @@ class IngestService:
         self._release({tp.partition for tp in partitions} & self._assigned)
 
     def _release(self, partitions: set[int]) -> None:
+        # Batches of a lost partition can no longer be committed by this member.
+        self._uncommitted = [
+            (s, {p: o for p, o in c.items() if p not in partitions}) for s, c in self._uncommitted
+        ]
         part_of = self.engine.partition_of
         self._dirty = {s for s in self._dirty if int(part_of[s]) not in partitions}
         for p in partitions:

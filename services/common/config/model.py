@@ -331,32 +331,69 @@ class FeatureFlags(Section):
 # --------------------------------------------------------------------------- alerts
 
 
+AlertSeverity = Literal["critical", "error", "warning", "info"]
+"""PagerDuty's four severities, used by every sink so that all of them agree on an alert's."""
+
+_SINK_NAME = r"^[A-Za-z0-9._-]+$"
+
+
 class PagerDutySink(Section):
-    """PagerDuty Events API v2."""
+    """PagerDuty Events API v2, with grouping so that a burst pages once.
+
+    Alerts share an incident by `dedup_key = anomaly:<entity>:<type>`. The first alert of a
+    key triggers; alerts arriving within `group_window_s` of the last accepted trigger are
+    held in the outbox and folded into one follow-up trigger (an update of the same incident,
+    which PagerDuty does not page again) when the window ends. A key that gets no alert for
+    `resolve_after_s` is resolved.
+    """
 
     type: Literal["pagerduty"]
+    name: str | None = Field(default=None, max_length=64, pattern=_SINK_NAME)
+    """Stable name of this sink in the outbox and metrics (default: `pagerduty`)."""
     url: str = Field(default="https://events.pagerduty.com/v2/enqueue", pattern=r"^https?://")
     """Events API endpoint; point it at `anomaly pagerduty-receiver` for local runs."""
     routing_key: SecretStr | None = None
     """Integration key; set it through ANOMALY_ALERTS__ROUTING_KEY or a Kubernetes Secret."""
-    group_window_s: float = Field(default=60, ge=0)
-    """Alerts of one entity and type within this window share one incident."""
+    group_window_s: float = Field(default=60, ge=0, le=86_400)
+    """Alerts of one entity and type within this window share one trigger (0: no grouping)."""
+    resolve_after_s: float = Field(default=900, ge=0, le=30 * 86_400)
+    """Resolve an incident after this long without alerts for its key (0: never resolve)."""
+    timeout_s: float = Field(default=10, gt=0, le=120)
+    """HTTP deadline per request; a timeout is retried like a 5xx."""
+
+    @model_validator(mode="after")
+    def _resolve_not_before_window(self) -> PagerDutySink:
+        if 0 < self.resolve_after_s < self.group_window_s:
+            raise ValueError(
+                f"resolve_after_s ({self.resolve_after_s}) must be 0 (never) or at least "
+                f"group_window_s ({self.group_window_s}): an incident would be resolved while "
+                "alerts are still held for its next update"
+            )
+        return self
 
 
 class WebhookSink(Section):
-    """Generic JSON POST of each alert."""
+    """Generic JSON POST of a batch of alerts: `{"alerts": [<alert>, ...]}`."""
 
     type: Literal["webhook"]
+    name: str | None = Field(default=None, max_length=64, pattern=_SINK_NAME)
+    """Stable name of this sink in the outbox and metrics (default: `webhook`)."""
     url: str = Field(pattern=r"^https?://")
     """Target URL."""
-    headers: dict[str, str] = Field(default_factory=dict)
-    """Extra headers (e.g. an authorization token)."""
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    """Extra headers (e.g. an authorization token); masked when the configuration is shown."""
+    timeout_s: float = Field(default=10, gt=0, le=120)
+    """HTTP deadline per request; a timeout is retried like a 5xx."""
 
 
 class KafkaAlertSink(Section):
-    """Alerts to the `alerts` topic (always durable, for downstream consumers)."""
+    """Alerts to the `alerts` topic (key = entity id), acks=all, for downstream consumers."""
 
     type: Literal["kafka"]
+    name: str | None = Field(default=None, max_length=64, pattern=_SINK_NAME)
+    """Stable name of this sink in the outbox and metrics (default: `kafka`)."""
+    flush_timeout_s: float = Field(default=30, gt=0, le=600)
+    """Longest wait for the broker to acknowledge a batch before it is retried."""
 
 
 AlertSinkConfig = Annotated[
@@ -368,15 +405,68 @@ def _default_sinks() -> list[AlertSinkConfig]:
     return [KafkaAlertSink(type="kafka")]
 
 
+def _default_severity_scores() -> dict[AlertSeverity, float]:
+    return {"critical": 0.99, "error": 0.95, "warning": 0.9}
+
+
 class AlertsConfig(Section):
-    """Where alerts go and how undeliverable ones wait."""
+    """Where alerts go, how severe they are, and how undeliverable ones wait."""
 
     sinks: list[AlertSinkConfig] = Field(default_factory=_default_sinks)
     """Destinations, each picked by `type:` (pagerduty, webhook, kafka)."""
     outbox_path: str = "var/alerts/outbox.db"
-    """Durable outbox (SQLite) for alerts a sink could not take yet."""
+    """Durable outbox (SQLite): alerts wait here until every sink has taken them."""
     routing_key: SecretStr | None = None
     """PagerDuty routing key shared by pagerduty sinks that set none (from env/secret)."""
+    severity_min_score: dict[AlertSeverity, float] = Field(default_factory=_default_severity_scores)
+    """An alert gets the highest severity whose minimum ensemble score it reaches, else info."""
+    severity_floor: dict[AnomalyType, AlertSeverity] = Field(default_factory=dict)
+    """Lowest severity per anomaly type, whatever the score (e.g. `price_spike: error`)."""
+    retry_initial_s: float = Field(default=1.0, gt=0, le=3600)
+    """First retry delay; doubled per failed attempt, with jitter, up to `retry_max_s`."""
+    retry_max_s: float = Field(default=300.0, gt=0, le=86_400)
+    """Longest delay between two attempts (a longer Retry-After is still honoured)."""
+    give_up_after_s: float = Field(default=86_400, gt=0)
+    """An alert still failing this long after its first failure is marked dead (kept)."""
+    dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
+    """Most alerts handed to one sink at once; bounds the dispatcher's memory."""
+    dispatch_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """Longest the dispatcher sleeps when nothing wakes it (enqueue wakes it at once)."""
+    retention_s: float = Field(default=7 * 86_400, ge=0)
+    """Delivered alerts are pruned from the outbox after this long."""
+
+    @field_validator("severity_min_score")
+    @classmethod
+    def _scores_in_unit_interval(cls, v: dict[str, float]) -> dict[str, float]:
+        for severity, score in v.items():
+            if not 0.0 <= score <= 1.0:
+                raise ValueError(f"minimum score of {severity} must be within [0, 1], got {score}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlertsConfig:
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError(
+                f"retry_max_s ({self.retry_max_s}) must be >= retry_initial_s "
+                f"({self.retry_initial_s})"
+            )
+        names = [name for name, _ in self.named_sinks()]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"alert sink names must be unique, repeated: {duplicates}")
+        return self
+
+    def named_sinks(self) -> list[tuple[str, AlertSinkConfig]]:
+        """Each sink with its stable name: `name:` if set, else its type (`webhook-2` when a
+        type is configured more than once). The outbox keys delivery state by this name."""
+        per_type = {s.type: sum(1 for o in self.sinks if o.type == s.type) for s in self.sinks}
+        seen: dict[str, int] = {}
+        out: list[tuple[str, AlertSinkConfig]] = []
+        for sink in self.sinks:
+            seen[sink.type] = seen.get(sink.type, 0) + 1
+            default = sink.type if per_type[sink.type] == 1 else f"{sink.type}-{seen[sink.type]}"
+            out.append((sink.name or default, sink))
+        return out
 
 
 # --------------------------------------------------------------------------- generator
@@ -399,6 +489,10 @@ class IngestConfig(Section):
     """How long a silent (crashed) member keeps its partitions before the group moves them."""
     write_online_store: bool = True
     """Write the latest features of touched entities to the Feast online store."""
+    online_write_interval_s: float = Field(default=0.5, ge=0, le=60)
+    """Least time between two online-store writes. Rows of entities touched meanwhile are
+    merged (latest wins), so the store is written per distinct entity, not per event; offsets
+    are committed when the write that covers their batch returned."""
     ops_host: str = "127.0.0.1"
     """Address of the health/metrics HTTP server (0.0.0.0 in a pod)."""
     ops_port: int = Field(default=9100, ge=0, le=65_535)

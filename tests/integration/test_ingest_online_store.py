@@ -1,0 +1,100 @@
+"""Ingest into the real Feast online store (SQLite and Redis): latest rows readable by Feast."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from local_redis import LocalRedis
+from prometheus_client import CollectorRegistry
+
+from services.common.config import PlatformConfig
+from services.common.config.model import FeastConfig, IngestConfig, RedisOnlineStore
+from services.common.feast_store import OnlineFeatureReader, open_store
+from services.ingest.metrics import IngestMetrics
+from services.ingest.runner import build_online_sink
+from services.ingest.service import IngestService
+from tests.integration.kafka_io import (
+    committed_offsets,
+    create_topics,
+    end_offsets,
+    produce,
+    read_all,
+)
+from tests.integration.test_ingest import PER_EVENT, Running, encoded, make_events, offline_features
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def config(
+    request: pytest.FixtureRequest,
+    platform_config: Callable[[], PlatformConfig],
+    tmp_path: Path,
+) -> PlatformConfig:
+    cfg = platform_config()
+    project = f"t{uuid.uuid4().hex[:10]}"
+    if request.param == "redis":
+        server: LocalRedis = request.getfixturevalue("redis_server")
+        online: dict[str, object] = RedisOnlineStore(
+            type="redis", connection_string=f"127.0.0.1:{server.port}"
+        ).model_dump()
+    else:
+        online = {"type": "sqlite", "path": str(tmp_path / "online.db")}
+    feast = FeastConfig.model_validate(
+        {
+            "repo_path": str(Path(__file__).resolve().parents[2] / "feature_repo"),
+            "project": project,
+            "registry_path": str(tmp_path / "registry.db"),
+            "online_store": online,
+        }
+    )
+    ingest = IngestConfig(
+        group_id=f"{project}-ingest",
+        batch_max_events=200,
+        batch_timeout_ms=50,
+        online_write_interval_s=0.2,
+        ops_port=0,
+    )
+    cfg = cfg.model_copy(update={"feast": feast, "ingest": ingest})
+    create_topics(cfg)
+    return cfg
+
+
+class RunningWithStore(Running):
+    def __init__(self, config: PlatformConfig) -> None:
+        self.service = IngestService(
+            config,
+            online_sink=build_online_sink(config),
+            metrics=IngestMetrics(CollectorRegistry()),
+        )
+        self.error = None
+        import threading
+
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+
+def test_latest_row_of_every_entity_lands_in_the_online_store(config: PlatformConfig) -> None:
+    events = make_events(3_000, entities=30)
+    produce(config, config.kafka.topics.events.name, encoded(events))
+    with RunningWithStore(config) as service:
+        read_all(config, config.kafka.topics.features.name, expected=len(events))
+    # Stopping wrote the last rows and committed everything.
+    assert committed_offsets(config, config.ingest.group_id, config.kafka.topics.events.name) == (
+        end_offsets(config, config.kafka.topics.events.name)
+    )
+    rows_written = service.metrics.online_rows._value.get()
+    assert 30 <= rows_written < len(events), "rows are merged per entity between writes"
+
+    reference = offline_features(events)
+    last_event = {e["entity_id"]: e["event_id"] for e in events}
+    reader = OnlineFeatureReader(open_store(config.feast), config.feast)
+    entities = sorted(last_event)
+    stored = reader.read(entities)
+    for entity, row in zip(entities, stored, strict=True):
+        expected = reference[last_event[entity]]
+        np.testing.assert_allclose(row[PER_EVENT], expected[PER_EVENT], rtol=1e-6)
+    assert np.isnan(reader.read(["never-seen"])).all()
