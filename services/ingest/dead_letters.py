@@ -8,8 +8,9 @@ Kafka Connect uses for its DLQs, so tools that understand those need no new form
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from services.common.events import Rejected
 
@@ -41,11 +42,18 @@ def send_dead_letter(
     source_topic: str,
     partition: int,
     offset: int,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
 ) -> None:
-    """Produce one dead letter (delivery is confirmed by the batch's flush before commit)."""
-    producer.produce(
-        dlq_topic,
-        value=rejected.raw,
-        key=key,
-        headers=dead_letter_headers(rejected, source_topic, partition, offset),
-    )
+    """Produce one dead letter; the batch is committed only once `on_delivery` confirmed it."""
+    while True:
+        try:
+            producer.produce(
+                dlq_topic,
+                value=rejected.raw,
+                key=key,
+                headers=dead_letter_headers(rejected, source_topic, partition, offset),
+                on_delivery=on_delivery,
+            )
+            return
+        except BufferError:
+            producer.poll(0.01)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import threading
 from types import FrameType
 
 from services.common.config import PlatformConfig
@@ -30,8 +31,23 @@ def build_online_sink(config: PlatformConfig) -> OnlineSink:
 
 def run_ingest(config: PlatformConfig, *, online_store: bool = True) -> None:
     """Serve until SIGTERM/SIGINT; exceptions from the loop propagate (exit non-zero)."""
+    stop_requested = threading.Event()
+    service: IngestService | None = None
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop_requested.set()
+        if service is not None:
+            service.stop()
+
+    # Installed first: a pod can be stopped while it is still starting (Feast import, restore).
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
     sink = build_online_sink(config) if online_store and config.ingest.write_online_store else None
     service = IngestService(config, online_sink=sink)
+    if stop_requested.is_set():
+        service.stop()
     ops = OpsServer(
         config.ingest.ops_host, config.ingest.ops_port, live=service.live, ready=service.ready
     ).start()
@@ -44,13 +60,6 @@ def run_ingest(config: PlatformConfig, *, online_store: bool = True) -> None:
             "ops_port": ops.port,
         },
     )
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
-        service.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     # Everything imported so far (Feast alone leaves ~150k objects) lives for the whole
     # process; moving it out of the collector's view keeps the per-batch garbage collections
     # from walking it again and again.

@@ -1,16 +1,19 @@
 """The ingest loop: consume a micro-batch, compute features, make outputs durable, then commit.
 
-Per batch, in this order (at-least-once end to end):
+Per batch (at-least-once end to end):
 1. consume up to `batch_max_events` or `batch_timeout_ms`;
 2. parse and validate; rejected events to the dead-letter topic with their reason;
 3. window features for the valid events (the compiled engine);
-4. one `features` message per event, and the latest row of each touched entity to the
-   Feast online store in one batched write;
-5. flush the producer (every feature, dead letter and previous checkpoint acknowledged);
-6. commit the batch's offsets. Only now is the input considered done.
+4. one `features` message per event; the latest row of each touched entity is queued for
+   the Feast online store (written in the background, merged per entity, see online_writer);
+5. commit the batch's offsets once every message of it (and of every batch before it) is
+   acknowledged by the broker and its rows are in the online store. Batches are pipelined:
+   the next one is processed while the broker acknowledges the previous ones, at most
+   `max_in_flight_batches` deep.
 
-A crash anywhere before 6 re-delivers the batch: duplicates are bounded by one batch, and
-the engine recognises re-delivered events by offset, so window state is not double counted.
+A crash re-delivers the uncommitted batches (at most `max_in_flight_batches`, plus those
+waiting for the online-store write in progress); the engine recognises re-delivered events
+by offset, so window state is not double counted.
 Every `checkpoint_interval_s` the changed state goes to the changelog (after a commit), and on
 a rebalance revoked partitions are checkpointed before they are released.
 """
@@ -52,6 +55,25 @@ log = logging.getLogger(__name__)
 
 class DeliveryError(RuntimeError):
     """Outputs of a batch were not acknowledged; its offsets must not be committed."""
+
+
+class _Deliveries:
+    """Acknowledgements still outstanding for the outputs of one batch.
+
+    Batches are pipelined: the next one is consumed and processed while the broker
+    acknowledges the previous one's messages, instead of blocking on a flush per batch.
+    """
+
+    __slots__ = ("failed", "pending")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.failed: list[str] = []
+
+    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.failed.append(err.str())
 
 
 def latest_per_entity(entity_ids: Sequence[str], keep: npt.NDArray[np.bool_]) -> list[int]:
@@ -116,11 +138,10 @@ class IngestService:
         """Next offset to consume per owned partition, as of the last commit."""
         self._dirty: set[int] = set()
         self._last_checkpoint = time.monotonic()
-        self._delivery_failures: list[str] = []
         self._error: str | None = None
         self._seq = 0
-        self._uncommitted: list[tuple[int, dict[int, int]]] = []
-        """(batch sequence, partition -> next offset) of batches not committed yet."""
+        self._uncommitted: list[tuple[int, dict[int, int], _Deliveries]] = []
+        """(batch sequence, partition -> next offset, acks) of batches not committed yet."""
         self.batches = 0
 
     # ------------------------------------------------------------------ health
@@ -206,6 +227,7 @@ class IngestService:
         if not values:
             return 0
 
+        deliveries = _Deliveries()
         events, positions, rejected = parse_batch(values)
         for r in rejected:
             send_dead_letter(
@@ -216,7 +238,9 @@ class IngestService:
                 source_topic=self.topics.events.name,
                 partition=partitions[r.index],
                 offset=offsets[r.index],
+                on_delivery=deliveries.on_delivery,
             )
+            deliveries.pending += 1
             m.dead_letters.labels(field=r.field or "payload").inc()
             log.warning(
                 "event rejected to the dead-letter topic",
@@ -239,7 +263,7 @@ class IngestService:
             m.batch_seconds.labels(stage="features").observe(computed - parsed)
 
             self._produce_features(
-                cols.event_ids, cols.entity_ids, cols.ts, result.late, result.matrix
+                cols.event_ids, cols.entity_ids, cols.ts, result.late, result.matrix, deliveries
             )
             produced = time.perf_counter()
             m.batch_seconds.labels(stage="produce").observe(produced - computed)
@@ -250,7 +274,7 @@ class IngestService:
             rows = []
 
         flush_started = time.perf_counter()
-        self._flush()
+        self._producer.poll(0)  # serve acknowledgements of earlier batches
         seq = self._seq
         self._seq += 1
         if self.online is not None:
@@ -260,8 +284,9 @@ class IngestService:
                 )
             else:
                 self.online.mark_empty(seq)
-        self._uncommitted.append((seq, commit_to))
+        self._uncommitted.append((seq, commit_to, deliveries))
         self._commit_durable()
+        self._bound_in_flight()
         done = time.perf_counter()
         m.batch_seconds.labels(stage="flush_commit").observe(done - flush_started)
         m.batch_seconds.labels(stage="total").observe(done - started)
@@ -271,10 +296,6 @@ class IngestService:
         self.batches += 1
         return len(events)
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self._delivery_failures.append(err.str())
-
     def _produce_features(
         self,
         event_ids: list[str],
@@ -282,11 +303,13 @@ class IngestService:
         ts: npt.NDArray[np.int64],
         late: npt.NDArray[np.bool_],
         matrix: npt.NDArray[np.float32],
+        deliveries: _Deliveries,
     ) -> None:
         values = encode_feature_messages(event_ids, ts, self._clock_ms(), late, matrix)
         produce = self._producer.produce
         topic = self.topics.features.name
-        callback = self._on_delivery
+        callback = deliveries.on_delivery
+        deliveries.pending += len(values)
         for entity, value in zip(entity_ids, values, strict=True):
             key = entity.encode()
             while True:
@@ -296,40 +319,63 @@ class IngestService:
                 except BufferError:
                     self._producer.poll(0.01)
 
-    def _commit_durable(self) -> int:
-        """Commit the offsets of every batch whose outputs are all durable (Kafka and store)."""
+    def _kafka_durable_seq(self) -> int:
+        """Highest batch whose outputs, and those of every batch before it, are acknowledged."""
+        durable = self._seq - 1
+        for seq, _commit_to, deliveries in self._uncommitted:
+            if deliveries.failed:
+                raise DeliveryError(
+                    f"{len(deliveries.failed)} outputs of batch {seq} failed "
+                    f"(first: {deliveries.failed[0]}); not committing"
+                )
+            if deliveries.pending > 0:
+                return seq - 1
+        return durable
+
+    def _commit_durable(self, *, wait: bool = False) -> int:
+        """Commit the offsets of every batch whose outputs are all durable (Kafka and store).
+
+        Commits are asynchronous on the hot path (a lost commit only means re-delivery, which
+        at-least-once allows) and synchronous when `wait` (checkpoints, rebalances, shutdown).
+        """
         if not self._uncommitted:
             return 0
-        durable = self.online.durable_seq if self.online is not None else self._seq
-        ready = [c for s, c in self._uncommitted if s <= durable]
+        durable = self._kafka_durable_seq()
+        if self.online is not None:
+            durable = min(durable, self.online.durable_seq)
+        ready = [c for s, c, _ in self._uncommitted if s <= durable]
         if not ready:
             return 0
-        self._uncommitted = [(s, c) for s, c in self._uncommitted if s > durable]
+        self._uncommitted = [u for u in self._uncommitted if u[0] > durable]
         offsets: dict[int, int] = {}
         for commit_to in ready:
             for partition, offset in commit_to.items():
                 offsets[partition] = max(offset, offsets.get(partition, 0))
-        self._consumer.commit(
-            offsets=[TopicPartition(self.topics.events.name, p, o) for p, o in offsets.items()],
-            asynchronous=False,
-        )
+        tps = [TopicPartition(self.topics.events.name, p, o) for p, o in offsets.items()]
+        if wait:
+            self._consumer.commit(offsets=tps, asynchronous=False)
+        else:
+            self._consumer.commit(offsets=tps, asynchronous=True)
         self._positions.update(offsets)
         return len(ready)
 
+    def _bound_in_flight(self) -> None:
+        """At most `max_in_flight_batches` unacknowledged batches: wait for the broker."""
+        limit = self.config.ingest.max_in_flight_batches
+        while len(self._uncommitted) > limit:
+            self._producer.poll(0.01)
+            if not self._commit_durable() and self.online is not None:
+                # Waiting on the online store, not on Kafka: let its write finish.
+                self.online.flush()
+
     def _commit_all(self) -> None:
-        """Make every processed batch durable (waiting for the online store) and commit."""
+        """Make every processed batch durable (broker acks and online store) and commit."""
+        remaining = self._producer.flush(60.0)
+        if remaining:
+            raise DeliveryError(f"{remaining} outputs unacknowledged after 60 s; not committing")
         if self.online is not None:
             self.online.flush()
-        self._commit_durable()
-
-    def _flush(self) -> None:
-        remaining = self._producer.flush(60.0)
-        if remaining or self._delivery_failures:
-            failures, self._delivery_failures = self._delivery_failures, []
-            raise DeliveryError(
-                f"{remaining} outputs unacknowledged and {len(failures)} failed "
-                f"(first: {failures[:1]}); not committing"
-            )
+        self._commit_durable(wait=True)
 
     # ------------------------------------------------------------------ state
 
@@ -390,7 +436,8 @@ class IngestService:
     def _release(self, partitions: set[int]) -> None:
         # Batches of a lost partition can no longer be committed by this member.
         self._uncommitted = [
-            (s, {p: o for p, o in c.items() if p not in partitions}) for s, c in self._uncommitted
+            (s, {p: o for p, o in c.items() if p not in partitions}, d)
+            for s, c, d in self._uncommitted
         ]
         part_of = self.engine.partition_of
         self._dirty = {s for s in self._dirty if int(part_of[s]) not in partitions}
