@@ -15,10 +15,12 @@ from typing import Annotated
 import typer
 import yaml
 
+from services.cli.alerts_cmd import alerts_app, pagerduty_receiver
 from services.cli.errors import UserError, run_guarded
 from services.cli.features_cmd import features_app
 from services.cli.generate_cmd import generate
 from services.cli.ingest_cmd import ingest
+from services.cli.serve_cmd import serve
 from services.common.config import ConfigError, dump_config, load_config
 from services.common.events import event_json_schema
 
@@ -38,6 +40,9 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(features_app, name="features")
 app.command("generate")(generate)
 app.command("ingest")(ingest)
+app.command("serve")(serve)
+app.command("pagerduty-receiver")(pagerduty_receiver)
+app.add_typer(alerts_app, name="alerts")
 
 ConfigOption = Annotated[
     Path | None,

@@ -226,7 +226,18 @@ class ServingConfig(Section):
     max_batch_delay_ms: float = Field(default=2.0, ge=0, le=1000)
     """Dynamic batching: longest a request waits for company."""
     max_request_rows: int = Field(default=65_536, ge=1)
-    """Larger requests are refused with 413 instead of stalling the server."""
+    """Larger requests are refused with a 4xx instead of stalling the server."""
+    runtime: Literal["auto", "native", "onnx"] = "auto"
+    """Which runtime scores a batch. `auto` follows the measurements in MEASUREMENTS.md:
+    ONNX Runtime below `onnx_max_rows` rows (its per-call cost is lowest), the native library
+    (scikit-learn, XGBoost `inplace_predict`) above, where it is several times faster; the
+    Transformer always runs its ONNX export (serving never needs torch)."""
+    onnx_max_rows: int = Field(default=256, ge=0)
+    """`auto` uses ONNX Runtime for batches up to this many rows."""
+    intra_op_threads: int = Field(default=1, ge=1, le=256)
+    """Threads per ONNX Runtime / XGBoost call; 1 leaves cores to the other services."""
+    gpu: Literal["auto", "never"] = "auto"
+    """`auto`: run ONNX models on CUDA when onnxruntime-gpu sees a GPU (all batch sizes)."""
 
 
 # --------------------------------------------------------------------------- ensemble and flags

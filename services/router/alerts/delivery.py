@@ -1,0 +1,90 @@
+"""Alert delivery assembled from configuration: the one object the router holds.
+
+The router calls `enqueue(alerts)` and commits its Kafka offsets after it returns; the
+dispatcher thread does the rest. Built in `main()` from `AlertsConfig` (sinks picked by
+`type:`), so a pagerduty sink without a routing key stops the service at start with a
+clear message instead of failing on the first alert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.common.config.model import AlertsConfig, KafkaConfig
+from services.router.alerts.alert import Alert
+from services.router.alerts.clock import Clock, system_clock
+from services.router.alerts.dispatcher import Dispatcher, DispatchReport
+from services.router.alerts.metrics import AlertMetrics
+from services.router.alerts.outbox import Outbox
+from services.router.alerts.sinks import AlertSink, SinkContext, build_sinks
+
+
+class AlertDelivery:
+    """Outbox + sinks + dispatcher, with one lifecycle: `start`, `stop`, `close`."""
+
+    def __init__(self, outbox: Outbox, sinks: Sequence[AlertSink], dispatcher: Dispatcher) -> None:
+        self.outbox = outbox
+        self.sinks = list(sinks)
+        self.dispatcher = dispatcher
+
+    @classmethod
+    def from_config(
+        cls,
+        alerts: AlertsConfig,
+        kafka: KafkaConfig,
+        *,
+        metrics: AlertMetrics | None = None,
+        clock: Clock = system_clock,
+    ) -> AlertDelivery:
+        """Open the outbox at `alerts.outbox_path` and build every configured sink.
+
+        Raises SinkConfigurationError (a ConfigError) for unusable sink sections.
+        """
+        metrics = metrics or AlertMetrics.bound_to()
+        names = [name for name, _ in alerts.named_sinks()]
+        outbox = Outbox(alerts.outbox_path, names, clock=clock, metrics=metrics)
+        try:
+            sinks = build_sinks(
+                SinkContext(
+                    alerts=alerts,
+                    kafka=kafka,
+                    metrics=metrics,
+                    state=outbox.state_for,
+                    clock=clock,
+                )
+            )
+        except BaseException:
+            outbox.close()
+            raise
+        dispatcher = Dispatcher(outbox, sinks, alerts, metrics=metrics, clock=clock)
+        return cls(outbox, sinks, dispatcher)
+
+    def enqueue(self, alerts: Sequence[Alert]) -> int:
+        """Make alerts durable for every sink; returns once committed (then commit offsets)."""
+        return self.outbox.enqueue(alerts)
+
+    def dispatch_once(self) -> DispatchReport:
+        """One delivery pass on the caller's thread (tests, tools)."""
+        return self.dispatcher.dispatch_once()
+
+    def start(self) -> AlertDelivery:
+        """Start delivering in the background."""
+        self.dispatcher.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop delivering; pending alerts stay in the outbox."""
+        self.dispatcher.stop(timeout_s)
+
+    def close(self) -> None:
+        """Stop, close the sinks' connections and the outbox."""
+        self.stop()
+        for sink in self.sinks:
+            sink.close()
+        self.outbox.close()
+
+    def __enter__(self) -> AlertDelivery:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -1,0 +1,263 @@
+"""Moving alerts from the outbox to the sinks, with retries, and never losing one.
+
+For each sink, due alerts are read in bounded batches, split by the sink's `batch_key`
+and written. Outcomes, recorded in the outbox per (alert, sink):
+
+* accepted -> delivered (latency observed; pruned after `retention_s`);
+* `HeldForGrouping` -> stays pending until the window ends, no attempt counted;
+* retryable `DeliveryError` (429, 408, 5xx, network) -> attempt counted, next attempt after
+  exponential backoff with jitter, never sooner than the receiver's Retry-After; the whole
+  sink pauses until then, because a throttled or broken receiver is throttled for every
+  alert, not only for this batch;
+* permanent `DeliveryError` (other 4xx), or failing for longer than `give_up_after_s`
+  -> dead: logged, counted, kept in the outbox with status and message, retried only by
+  hand (`anomaly alerts retry-dead`).
+
+Any other exception from a sink is a bug; it is logged and treated as retryable, so a bug
+delays alerts instead of dropping them. `dispatch_once` does one pass (tests drive it
+directly); `start` runs passes on a background thread, woken at once by `enqueue`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.common.config.model import AlertsConfig
+from services.router.alerts.backoff import Backoff
+from services.router.alerts.clock import Clock, system_clock
+from services.router.alerts.errors import DeliveryError, HeldForGrouping
+from services.router.alerts.metrics import AlertMetrics
+from services.router.alerts.outbox import Outbox, OutboxEntry
+from services.router.alerts.sinks.base import AlertSink
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY_S = 60.0
+BATCHES_PER_SINK_PER_PASS = 20
+"""Under a steady stream one sink must not keep the pass (and the other sinks) forever."""
+MIN_SLEEP_S = 0.005
+
+
+@dataclass
+class DispatchReport:
+    """What one pass did, summed over sinks (alert counts)."""
+
+    delivered: int = 0
+    held: int = 0
+    retried: int = 0
+    dead: int = 0
+
+
+class Dispatcher:
+    """Delivers the outbox's pending alerts to the sinks; one instance per outbox."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        sinks: Sequence[AlertSink],
+        cfg: AlertsConfig,
+        *,
+        metrics: AlertMetrics,
+        clock: Clock = system_clock,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._outbox = outbox
+        self._sinks = list(sinks)
+        self._cfg = cfg
+        self._metrics = metrics
+        self._clock = clock
+        self._backoff = backoff or Backoff.from_config(cfg)
+        self._paused_until: dict[str, float] = {}
+        self._last_prune = float("-inf")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        outbox.add_listener(self._wake.set)
+
+    # ------------------------------------------------------------------ one pass
+
+    def dispatch_once(self) -> DispatchReport:
+        """Deliver what is due now to every sink that is not paused; then housekeeping."""
+        report = DispatchReport()
+        for sink in self._sinks:
+            if self._paused_until.get(sink.name, float("-inf")) > self._clock():
+                continue
+            self._paused_until.pop(sink.name, None)
+            if self._deliver_due(sink, report):
+                self._tick(sink)
+        now = self._clock()
+        if now - self._last_prune >= PRUNE_EVERY_S:
+            self._last_prune = now
+            self._outbox.prune(self._cfg.retention_s)
+        self._update_gauges()
+        return report
+
+    def _deliver_due(self, sink: AlertSink, report: DispatchReport) -> bool:
+        """Write due batches until none is left (or enough for one pass); False if paused."""
+        limit = self._cfg.dispatch_batch_size
+        for _ in range(BATCHES_PER_SINK_PER_PASS):
+            entries = self._outbox.due(sink.name, limit)
+            groups: dict[str, list[OutboxEntry]] = {}
+            for entry in entries:
+                groups.setdefault(sink.batch_key(entry.alert), []).append(entry)
+            for group in groups.values():
+                if not self._write(sink, group, report):
+                    return False
+            if len(entries) < limit:
+                break
+        return True
+
+    def _write(self, sink: AlertSink, group: list[OutboxEntry], report: DispatchReport) -> bool:
+        """Write one batch and record the outcome; False when the sink got paused."""
+        ids = [e.alert_id for e in group]
+        try:
+            sink.write([e.alert for e in group])
+        except HeldForGrouping as held:
+            self._outbox.mark_held(sink.name, ids, held.until)
+            self._metrics.held.labels(sink.name).inc(len(ids))
+            report.held += len(ids)
+            return True
+        except DeliveryError as exc:
+            return self._failed(sink, group, exc, report)
+        except Exception as exc:
+            log.exception("alert sink %s raised unexpectedly; retrying later", sink.name)
+            error = DeliveryError(f"sink bug: {exc!r}", status=None, retryable=True)
+            return self._failed(sink, group, error, report)
+        self._outbox.mark_delivered(sink.name, ids)
+        now = self._clock()
+        self._metrics.delivered.labels(sink.name).inc(len(ids))
+        for entry in group:
+            self._metrics.delivery_seconds.labels(sink.name).observe(
+                max(now - entry.enqueued_at, 0.0)
+            )
+        report.delivered += len(ids)
+        return True
+
+    def _failed(
+        self, sink: AlertSink, group: list[OutboxEntry], exc: DeliveryError, report: DispatchReport
+    ) -> bool:
+        now = self._clock()
+        expired = [
+            e
+            for e in group
+            if e.first_failure_at is not None
+            and now - e.first_failure_at >= self._cfg.give_up_after_s
+        ]
+        dead = group if not exc.retryable else expired
+        if dead:
+            why = str(exc) if not exc.retryable else f"gave up after retries: {exc}"
+            dead_ids = [e.alert_id for e in dead]
+            self._outbox.mark_dead(sink.name, dead_ids, status=exc.status, error=why)
+            self._metrics.failed.labels(sink.name, "dead").inc(len(dead))
+            report.dead += len(dead)
+            log.error(
+                "alert sink %s refused %d alert(s) for good: %s",
+                sink.name,
+                len(dead),
+                why,
+                extra={
+                    "sink": sink.name,
+                    "status": exc.status,
+                    "event_ids": [e.alert.event_id for e in dead[:20]],
+                },
+            )
+        if not exc.retryable:
+            return True
+        expired_ids = {e.alert_id for e in expired}
+        retry = [e for e in group if e.alert_id not in expired_ids]
+        attempts = max((e.attempts for e in group), default=0) + 1
+        resume_at = now + self._backoff.delay(attempts, exc.retry_after_s)
+        self._paused_until[sink.name] = resume_at
+        if retry:
+            self._outbox.mark_retry(
+                sink.name,
+                [e.alert_id for e in retry],
+                next_attempt_at=resume_at,
+                status=exc.status,
+                error=str(exc),
+            )
+            self._metrics.failed.labels(sink.name, "retry").inc(len(retry))
+            report.retried += len(retry)
+        log.warning(
+            "alert sink %s failed (attempt %d), retrying in %.2f s: %s",
+            sink.name,
+            attempts,
+            resume_at - now,
+            exc,
+            extra={"sink": sink.name, "status": exc.status},
+        )
+        return False
+
+    def _tick(self, sink: AlertSink) -> None:
+        try:
+            sink.tick()
+        except DeliveryError as exc:
+            if not exc.retryable:  # sinks handle their own refusals; this is a bug
+                log.error("alert sink %s: timed work refused: %s", sink.name, exc)
+                return
+            delay = self._backoff.delay(1, exc.retry_after_s)
+            self._paused_until[sink.name] = self._clock() + delay
+            log.warning(
+                "alert sink %s: timed work failed, pausing %.2f s: %s", sink.name, delay, exc
+            )
+
+    def _update_gauges(self) -> None:
+        stats = self._outbox.stats(delivered=False)
+        for name in {s.name for s in self._sinks} | set(stats):
+            counts = stats.get(name)
+            self._metrics.pending.labels(name).set(counts.pending if counts else 0)
+            self._metrics.dead.labels(name).set(counts.dead if counts else 0)
+
+    # ------------------------------------------------------------------ background thread
+
+    def _sleep_s(self) -> float:
+        """Until the next due alert or pause end, at most `dispatch_interval_s`."""
+        now = self._clock()
+        wake_at = now + self._cfg.dispatch_interval_s
+        for sink in self._sinks:
+            paused = self._paused_until.get(sink.name)
+            due = paused if paused is not None else self._outbox.next_due_at(sink.name)
+            if due is not None:
+                wake_at = min(wake_at, due)
+        return max(wake_at - now, MIN_SLEEP_S)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.dispatch_once()
+            except Exception:
+                log.exception("alert dispatch pass failed; trying again")
+                self._stop.wait(self._cfg.dispatch_interval_s)
+            self._wake.wait(self._sleep_s())
+
+    def start(self) -> Dispatcher:
+        """Run passes on a daemon thread until `stop`."""
+        if self._thread is not None:
+            raise RuntimeError("dispatcher already started")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="alert-dispatcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop after the current write (bounded by the sinks' timeouts); pending alerts stay."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("alert dispatcher did not stop within %.1f s", timeout_s)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        """True while the background thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def notify(self) -> None:
+        """Wake the background thread now (enqueue does this by itself)."""
+        self._wake.set()

@@ -1,0 +1,150 @@
+"""Alerts to the `alerts` topic: key = entity id, value = the alert's JSON.
+
+A batch counts as delivered only when every record is acknowledged by all in-sync
+replicas (acks=all, idempotent producer, `flush`), because the outbox forgets a delivered
+alert. A batch that fails part-way is retried whole, so consumers of `alerts` see
+duplicates now and then and deduplicate by (`event_id`, `anomaly_type`), like every
+consumer in this at-least-once pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from services.common.config.model import AlertSinkConfig, KafkaAlertSink, KafkaConfig
+from services.common.kafka.clients import make_producer
+from services.router.alerts.alert import Alert
+from services.router.alerts.errors import DeliveryError
+from services.router.alerts.sinks.base import AlertSink, SinkContext
+
+log = logging.getLogger(__name__)
+
+PERMANENT_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError._INVALID_ARG,
+    }
+)
+"""Errors that a retry of the same record cannot fix; everything else (broker down, leader
+moving, topic not there yet) is retried with backoff."""
+
+ProducerFactory = Callable[[KafkaConfig, float], Producer]
+
+
+def alert_producer(kafka: KafkaConfig, flush_timeout_s: float) -> Producer:
+    """A producer that makes each record durable or reports why within `flush_timeout_s`."""
+    overrides = {
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,  # alerts are few; do not wait 20 ms to fill batches
+        "message.timeout.ms": int(flush_timeout_s * 1000),
+    }
+    return make_producer(kafka, "alerts", **overrides)
+
+
+def _delivery_error(errors: Sequence[KafkaError], topic: str) -> DeliveryError:
+    first = errors[0]
+    permanent = all(err.code() in PERMANENT_ERRORS for err in errors)
+    return DeliveryError(
+        f"{len(errors)} alert(s) not written to {topic}: {first.name()}: {first.str()}",
+        status=None,
+        retryable=not permanent,
+    )
+
+
+class KafkaAlertWriter(AlertSink):
+    """Writes alerts to the configured `alerts` topic and waits for acknowledgement."""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: KafkaAlertSink,
+        kafka: KafkaConfig,
+        producer_factory: ProducerFactory = alert_producer,
+    ) -> None:
+        super().__init__(name)
+        self._cfg = cfg
+        self._kafka = kafka
+        self._topic = kafka.topics.alerts.name
+        self._factory = producer_factory
+        self._producer: Producer | None = None
+
+    @classmethod
+    def from_config(cls, name: str, cfg: AlertSinkConfig, ctx: SinkContext) -> KafkaAlertWriter:
+        """Build from a `type: kafka` section; the topic is `kafka.topics.alerts`."""
+        if not isinstance(cfg, KafkaAlertSink):
+            raise TypeError(f"expected a kafka sink section, got {cfg.type}")
+        return cls(name, cfg, ctx.kafka)
+
+    def _ready_producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = self._factory(self._kafka, self._cfg.flush_timeout_s)
+        return self._producer
+
+    def write(self, batch: Sequence[Alert]) -> None:
+        """Produce every alert, flush, and raise unless every record was acknowledged."""
+        producer = self._ready_producer()
+        errors: list[KafkaError] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(err)
+
+        def produce(alert: Alert) -> None:
+            producer.produce(
+                self._topic,
+                key=alert.entity_id.encode(),
+                value=alert.to_json(),
+                headers=[
+                    ("event-id", alert.event_id.encode()),
+                    ("anomaly-type", alert.anomaly_type.value.encode()),
+                ],
+                on_delivery=on_delivery,
+            )
+
+        for alert in batch:
+            try:
+                try:
+                    produce(alert)
+                except BufferError:  # local queue full: drain it, then once more
+                    producer.flush(self._cfg.flush_timeout_s)
+                    produce(alert)
+            except KafkaException as exc:  # refused before sending (e.g. record too large)
+                errors.append(exc.args[0])
+                break
+            producer.poll(0)
+        remaining = producer.flush(self._cfg.flush_timeout_s)
+        if any(err.fatal() for err in errors):
+            log.error("alert producer hit a fatal error; a new one will be made")
+            self._close_producer()
+        if errors:
+            raise _delivery_error(errors, self._topic)
+        if remaining:
+            raise DeliveryError(
+                f"{remaining} alert(s) not acknowledged by {self._topic} within "
+                f"{self._cfg.flush_timeout_s} s",
+                status=None,
+                retryable=True,
+            )
+
+    def _close_producer(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(0)
+            self._producer = None
+
+    def close(self) -> None:
+        """Flush what is in flight (at most 5 s: shutdown must not hang) and drop the producer.
+
+        Records still unacknowledged were never marked delivered, so the next process
+        sends them again.
+        """
+        if self._producer is not None:
+            self._producer.flush(min(self._cfg.flush_timeout_s, 5.0))
+        self._producer = None

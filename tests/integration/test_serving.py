@@ -1,0 +1,206 @@
+"""Model servers on real ports: V2 REST and gRPC round trips, versions side by side, 4xx errors."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from kserve.inference_client import InferenceGRPCClient
+from kserve.protocol.infer_type import InferInput, InferRequest
+from local_kafka import free_port
+
+from models.registry import Registry
+from services.common.features.definition import FEATURE_NAMES
+from services.common.model_names import ModelName
+
+pytestmark = pytest.mark.integration
+
+WIDTH = len(FEATURE_NAMES)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Server:
+    def __init__(self, http: int, grpc: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.http = f"http://127.0.0.1:{http}"
+        self.grpc = f"127.0.0.1:{grpc}"
+        self.proc = proc
+        self.log = log
+
+
+@pytest.fixture(scope="module")
+def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One process serving all three models; every xgboost version side by side."""
+    work = tmp_path_factory.mktemp("serving")
+    config = work / "platform.yaml"
+    config.write_text(yaml.safe_dump({"model_store": {"path": str(model_store)}}))
+    http, grpc = free_port(), free_port()
+    log = work / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "serve",
+         "isolation_forest,xgboost,transformer", "-c", str(config),
+         "--http-port", str(http), "--grpc-port", str(grpc), "--versions", "all"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+    yield Server(http, grpc, proc, log)
+    proc.terminate()
+    proc.wait(30)
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.lognormal(0, 1, (n, WIDTH)).astype(np.float32)
+
+
+def v2_body(x: np.ndarray, datatype: str = "FP32", name: str = "features") -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": name, "shape": list(x.shape), "datatype": datatype, "data": x.ravel().tolist()}
+        ]
+    }
+
+
+def outputs(response: httpx.Response) -> dict[str, np.ndarray]:
+    assert response.status_code == 200, response.text
+    return {o["name"]: np.asarray(o["data"]) for o in response.json()["outputs"]}
+
+
+def test_rest_scores_equal_the_registry_model(server: Server, model_store: Path) -> None:
+    x = rows(300)
+    got = outputs(httpx.post(f"{server.http}/v2/models/isolation_forest/infer", json=v2_body(x)))
+    expected = Registry(model_store).load(ModelName.ISOLATION_FOREST).score(x)
+    np.testing.assert_allclose(got["score"], expected, atol=1e-6)
+    assert ((got["score"] >= 0) & (got["score"] <= 1)).all()
+
+
+def grpc_infer(server: Server, model: str, x: np.ndarray, version: str | None = None) -> Any:
+    async def call() -> Any:
+        client = InferenceGRPCClient(server.grpc, retries=2)
+        tensor = InferInput("features", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        request = InferRequest(model_name=model, infer_inputs=[tensor], model_version=version)
+        try:
+            return await client.infer(request)
+        finally:
+            await client.close()
+
+    return asyncio.run(call())
+
+
+def test_grpc_round_trip_with_types(server: Server, model_store: Path) -> None:
+    x = rows(1_024, seed=1)
+    response = grpc_infer(server, "xgboost", x)
+    got = {o.name: o.as_numpy() for o in response.outputs}
+    model = Registry(model_store).load(ModelName.XGBOOST, "2")
+    expected = model.score_batch(x)
+    assert response.model_version == "2"  # the latest serves by default
+    np.testing.assert_allclose(got["score"], expected.score, atol=1e-6)
+    assert expected.anomaly_type is not None
+    np.testing.assert_array_equal(got["anomaly_type"], expected.anomaly_type)
+
+
+def test_two_versions_side_by_side(server: Server, model_store: Path) -> None:
+    x = rows(200, seed=2)
+    v1 = outputs(httpx.post(f"{server.http}/v2/models/xgboost/versions/1/infer", json=v2_body(x)))
+    v2 = outputs(httpx.post(f"{server.http}/v2/models/xgboost/versions/2/infer", json=v2_body(x)))
+    registry = Registry(model_store)
+    np.testing.assert_allclose(
+        v1["score"], registry.load(ModelName.XGBOOST, "1").score(x), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        v2["score"], registry.load(ModelName.XGBOOST, "2").score(x), atol=1e-6
+    )
+    assert not np.allclose(v1["raw"], v2["raw"]), "two different models answered"
+    by_grpc = grpc_infer(server, "xgboost", x, version="1")
+    assert by_grpc.model_version == "1"
+    np.testing.assert_allclose(by_grpc.outputs[0].as_numpy(), v1["score"], atol=1e-6)
+    ready = httpx.get(f"{server.http}/v2/models/xgboost/versions/1/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+def test_transformer_takes_sequences(server: Server, model_store: Path) -> None:
+    model = Registry(model_store).load(ModelName.TRANSFORMER)
+    length = model.sequence_length
+    assert length is not None
+    x = rows(64 * length, seed=3).reshape(64, length, WIDTH)
+    got = outputs(httpx.post(f"{server.http}/v2/models/transformer/infer", json=v2_body(x)))
+    np.testing.assert_allclose(got["score"], model.score(x, runtime="onnx"), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("isolation_forest", v2_body(rows(3)[:, :5]), 400, "must have shape [n, 22]"),
+        ("isolation_forest", v2_body(rows(3).astype(np.int64), "INT64"), 400, "must be FP32"),
+        ("isolation_forest", v2_body(rows(3), name="x"), 400, "exactly one input named 'features'"),
+        ("isolation_forest", {"inputs": [{"name": "features", "shape": [2, 22], "datatype": "FP32",
+                                          "data": [1.0] * 10}]}, 400, "does not match its shape"),
+        ("nope", v2_body(rows(3)), 404, "nope"),
+        ("xgboost/versions/9", v2_body(rows(3)), 404, "version 9"),
+    ],
+)  # fmt: skip
+def test_client_mistakes_are_4xx_with_a_message(
+    server: Server, path: str, body: dict[str, Any], status: int, message: str
+) -> None:
+    response = httpx.post(f"{server.http}/v2/models/{path}/infer", json=body)
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+def test_nan_and_oversized_batches_are_refused_over_grpc(server: Server) -> None:
+    import grpc
+
+    x = rows(4)
+    x[2, 3] = np.nan
+    with pytest.raises(grpc.RpcError) as info:
+        grpc_infer(server, "isolation_forest", x)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NaN or infinity" in str(info.value.details())
+    with pytest.raises(grpc.RpcError) as big:
+        grpc_infer(server, "isolation_forest", np.zeros((70_000, WIDTH), np.float32))
+    assert big.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exceeds the limit" in str(big.value.details())
+    assert server.proc.poll() is None, "the server survived every bad request"
+
+
+def test_concurrent_requests_are_batched(server: Server) -> None:
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient() as client:
+            x = rows(1)
+            return await asyncio.gather(
+                *(client.post(f"{server.http}/v2/models/xgboost/infer", json=v2_body(x))
+                  for _ in range(64))
+            )  # fmt: skip
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    metrics = httpx.get(f"{server.http}/metrics").text
+
+    def total(prefix: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith(prefix) and 'model_name="xgboost"' in line
+        )
+
+    n_calls = total("anomaly_serving_batch_requests_count")
+    n_requests = total("anomaly_serving_batch_requests_sum")
+    assert n_requests > n_calls, "some requests shared a model call"
