@@ -222,7 +222,12 @@ def _kafka_cluster_id() -> str:
     Generated here instead of via ``StorageTool random-uuid`` to save a JVM
     start on the first run.
     """
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        # One id in 64 starts with "-", which the storage tool's argument parser reads as an
+        # option ("--cluster-id: expected one argument"); Kafka's own generator avoids those.
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 def _api_versions_probe(host: str, port: int, timeout: float) -> bool:

@@ -20,6 +20,7 @@ from services.cli.errors import UserError, run_guarded
 from services.cli.features_cmd import features_app
 from services.cli.generate_cmd import generate
 from services.cli.ingest_cmd import ingest
+from services.cli.router_cmd import router
 from services.cli.serve_cmd import serve
 from services.common.config import ConfigError, dump_config, load_config
 from services.common.events import event_json_schema
@@ -41,6 +42,7 @@ app.add_typer(features_app, name="features")
 app.command("generate")(generate)
 app.command("ingest")(ingest)
 app.command("serve")(serve)
+app.command("router")(router)
 app.command("pagerduty-receiver")(pagerduty_receiver)
 app.add_typer(alerts_app, name="alerts")
 

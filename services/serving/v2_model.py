@@ -155,8 +155,14 @@ class VersionedModel(Model):  # type: ignore[misc]
             ) from None
         if x.shape != shape:
             raise InvalidInput(f"input {INPUT_NAME!r} data has shape {x.shape}, declared {shape}")
-        if not np.isfinite(x).all():
-            bad = np.argwhere(~np.isfinite(x))[0].tolist()
+        finite = np.isfinite(x)
+        if model.input_kind is InputKind.SEQUENCES:
+            # A young entity's sequence is padded at the front with all-NaN rows (see
+            # models.sequences); only those may hold NaN, and nothing may be infinite.
+            padding = np.isnan(x).all(axis=-1, keepdims=True)
+            finite |= padding
+        if not finite.all():
+            bad = np.argwhere(~finite)[0].tolist()
             raise InvalidInput(f"input {INPUT_NAME!r} holds NaN or infinity (first at {bad})")
         return x
 
