@@ -10,14 +10,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 import yaml
+from local_kafka import free_port
 from prometheus_client import CollectorRegistry
 
-from local_kafka import free_port
 from services.common.config import PlatformConfig
 from services.common.config.model import IngestConfig
 from services.generator import StreamSpec, generate_batch
@@ -142,6 +143,6 @@ def test_events_in_equal_decisions_out_and_anomalies_page(
         assert paged <= alerted
 
 
-def _triggers(receiver: ReceiverServer) -> list[dict[str, object]]:
+def _triggers(receiver: ReceiverServer) -> list[dict[str, Any]]:
     received = httpx.get(f"{receiver.url}/v2/events").json()["events"]
     return [r["event"] for r in received if r["event"]["event_action"] == "trigger"]

@@ -480,6 +480,44 @@ class AlertsConfig(Section):
         return out
 
 
+# --------------------------------------------------------------------------- router doors
+
+
+class RouterConfig(Section):
+    """The router's REST and gRPC doors and its configuration watcher (read once at start).
+
+    Not hot-reloaded: ports and limits are bound when the doors start, and API keys come
+    from the environment (a Kubernetes Secret), which a running process cannot see change.
+    """
+
+    host: str = "127.0.0.1"
+    """Address the REST and gRPC doors bind (0.0.0.0 in a pod)."""
+    http_port: int = Field(default=8200, ge=0, le=65_535)
+    """Port of the REST door (`/v1/score`, `/healthz`, `/readyz`, `/metrics`, `/docs`)."""
+    grpc_port: int = Field(default=8201, ge=0, le=65_535)
+    """Port of the gRPC door (`anomaly.v1.Scoring`, `grpc.health.v1.Health`)."""
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Keys accepted on `/v1/*` and the Score RPC, sent as `X-API-Key: <key>` or
+    `Authorization: Bearer <key>`; empty leaves the doors open. Set them through
+    `ANOMALY_ROUTER__API_KEYS='["key1","key2"]'` (from a Secret), not in the file; two keys
+    allow a rotation without downtime."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1_024, le=64 * 1_048_576)
+    """Largest request body (REST) or message (gRPC); larger ones are refused (413)."""
+    max_batch_items: int = Field(default=1_000, ge=1, le=100_000)
+    """Most items in one scoring request; larger batches are refused (413)."""
+    reload_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often the configuration file is checked for changes (hot-reloaded sections)."""
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, v: list[SecretStr]) -> list[SecretStr]:
+        # Checked on the list so that a refused key is never echoed into an error message.
+        short = [i for i, key in enumerate(v) if len(key.get_secret_value()) < 16]
+        if short:
+            raise ValueError(f"API keys must have at least 16 characters; too short: {short}")
+        return v
+
+
 # --------------------------------------------------------------------------- generator
 
 
@@ -559,6 +597,8 @@ class PlatformConfig(BaseSettings):
     """Hot-reloadable switches."""
     alerts: AlertsConfig = AlertsConfig()
     """Alert sinks and outbox."""
+    router: RouterConfig = RouterConfig()
+    """REST and gRPC doors of the router."""
     ingest: IngestConfig = IngestConfig()
     """Feature-ingestion service."""
     generator: GeneratorConfig = GeneratorConfig()
