@@ -245,6 +245,8 @@ overlaid by .Values.config (the user wins), then models without a server are swi
 {{- $_ := set $wired "serving" (dict "endpoints" $endpoints) -}}
 {{- /* Ingest's ops server must listen on the pod address for probes and scrapers. */ -}}
 {{- $_ := set $wired "ingest" (dict "ops_host" "0.0.0.0" "ops_port" ($v.ingest.opsPort | int)) -}}
+{{- /* The router's doors listen on the pod address, on the ports its Service targets. */ -}}
+{{- $_ := set $wired "router" (dict "host" "0.0.0.0" "http_port" ($v.router.ports.http | int) "grpc_port" ($v.router.ports.grpc | int)) -}}
 {{- $cfg := mergeOverwrite $wired (deepCopy ($v.config | default dict)) -}}
 {{- range $name, $m := $v.serving.models -}}
 {{- if not $m.enabled -}}
