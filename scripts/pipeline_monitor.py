@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -179,4 +180,133 @@ def format_snapshot(s: Snapshot) -> str:
         f" | features {s.features:>10,} ({s.features_per_s:>8,.0f}/s) lag {lag}"
         f" | event->features {latency} | dlq {s.dead_letters:,}"
         f" | injected anomalies {s.injected_anomalies:,}"
+    )
+
+
+@dataclass
+class DecisionSnapshot:
+    """Decisions since the monitor started, scored against the generator's labels."""
+
+    decisions: int = 0
+    decisions_per_s: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    """Event time to decision, over the last interval."""
+    alerts_by_type: dict[str, int] = field(default_factory=dict)
+    degraded: int = 0
+    tpr: float | None = None
+    fpr: float | None = None
+
+
+class DecisionMonitor:
+    """Reads `scores` and `events.labels` from their ends: throughput, latency, TPR/FPR.
+
+    Labels say which event ids are injected anomalies (absence = normal), so every decided
+    event counts as a true/false positive/negative once its label had the chance to arrive.
+    """
+
+    def __init__(self, config: PlatformConfig) -> None:
+        topics = config.kafka.topics
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": config.kafka.bootstrap_servers,
+                "group.id": f"anomaly-decision-monitor-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        self._topics = (topics.scores.name, topics.labels.name)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="decision-monitor", daemon=True)
+        self._labels: set[str] = set()
+        self._flagged: set[str] = set()
+        self._decided = 0
+        self._degraded = 0
+        self._alerts: dict[str, int] = {}
+        self._lat: list[float] = []
+        self._all_lat: list[float] = []
+        self._last = (time.monotonic(), 0)
+
+    def start(self) -> DecisionMonitor:
+        """Start consuming from the current end of the topics."""
+        assignment = []
+        for topic in self._topics:
+            meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
+            assignment += [TopicPartition(topic, p, OFFSET_END) for p in meta.partitions]
+        self._consumer.assign(assignment)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop consuming."""
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        scores_topic = self._topics[0]
+        while not self._stop.is_set():
+            msgs = self._consumer.consume(num_messages=20_000, timeout=0.2)
+            with self._lock:
+                for msg in msgs:
+                    if msg.error() is not None:
+                        continue
+                    value = msg.value() or b""
+                    if msg.topic() == scores_topic:
+                        d = orjson.loads(value)
+                        self._decided += 1
+                        self._degraded += bool(d["degraded"])
+                        self._lat.append(d["decided_at"] - d["ts"])
+                        if d["anomalous"]:
+                            self._flagged.add(d["event_id"])
+                        if d["alert"]:
+                            kind = d["anomaly_type"] or "unknown"
+                            self._alerts[kind] = self._alerts.get(kind, 0) + 1
+                    else:
+                        self._labels.add(orjson.loads(value)["event_id"])
+
+    def snapshot(self) -> DecisionSnapshot:
+        """Counts since the start; rate and latency over the interval since the last call."""
+        now = time.monotonic()
+        with self._lock:
+            lat, self._lat = self._lat, []
+            decided = self._decided
+            true_pos = len(self._flagged & self._labels)
+            positives = len(self._labels)
+            false_pos = len(self._flagged) - true_pos
+            snap = DecisionSnapshot(
+                decisions=decided,
+                alerts_by_type=dict(self._alerts),
+                degraded=self._degraded,
+            )
+        self._all_lat.extend(lat)
+        last_t, last_n = self._last
+        self._last = (now, decided)
+        snap.decisions_per_s = (decided - last_n) / max(now - last_t, 1e-6)
+        snap.latency_ms = percentiles([np.asarray(lat, dtype=np.float64)]) if lat else {}
+        if positives:
+            snap.tpr = true_pos / positives
+        negatives = decided - positives
+        if negatives > 0:
+            snap.fpr = false_pos / negatives
+        return snap
+
+    def overall_latency(self) -> dict[str, float]:
+        """Event-to-decision latency over the whole run."""
+        return percentiles([np.asarray(self._all_lat, dtype=np.float64)]) if self._all_lat else {}
+
+
+def format_decisions(s: DecisionSnapshot) -> str:
+    """One line for a terminal."""
+    lat = s.latency_ms
+    latency = f"p50 {lat['p50']:5.0f} ms p99 {lat['p99']:6.0f} ms" if lat else "p50 - p99 -"
+    rates = (
+        f"TPR {s.tpr:6.1%} FPR {s.fpr:6.2%}"
+        if s.tpr is not None and s.fpr is not None
+        else "TPR - FPR -"
+    )
+    alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts_by_type.items())) or "none"
+    return (
+        f"           decisions {s.decisions:>10,} ({s.decisions_per_s:>8,.0f}/s) "
+        f"| event->decision {latency} | {rates} | degraded {s.degraded:,} | alerts: {alerts}"
     )

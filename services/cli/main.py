@@ -20,6 +20,7 @@ from services.cli.errors import UserError, run_guarded
 from services.cli.features_cmd import features_app
 from services.cli.generate_cmd import generate
 from services.cli.ingest_cmd import ingest
+from services.cli.models_cmd import evaluate, models_app, train
 from services.cli.router_cmd import router
 from services.cli.serve_cmd import serve
 from services.common.config import ConfigError, dump_config, load_config
@@ -41,6 +42,9 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(features_app, name="features")
 app.command("generate")(generate)
 app.command("ingest")(ingest)
+app.command("train")(train)
+app.command("evaluate")(evaluate)
+app.add_typer(models_app, name="models")
 app.command("serve")(serve)
 app.command("router")(router)
 app.command("pagerduty-receiver")(pagerduty_receiver)
