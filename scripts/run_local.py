@@ -196,12 +196,16 @@ def platform(args: argparse.Namespace) -> Iterator[tuple[PlatformConfig, Path]]:
         )
         router = ServiceProcess(
             "router",
-            ["router", "-c", str(config_file), "--ops-port", str(args.router_ops_port)],
+            ["router", "-c", str(config_file)],
             VAR / "router.log",
         )
         services.append(router)
-        wait_ready(f"http://127.0.0.1:{args.router_ops_port}/readyz", router)
-        log(f"router ready (metrics http://127.0.0.1:{args.router_ops_port}/metrics)")
+        wait_ready(f"http://127.0.0.1:{cfg.router.http_port}/readyz", router)
+        log(
+            f"router ready: POST http://127.0.0.1:{cfg.router.http_port}/v1/score, "
+            f"gRPC :{cfg.router.grpc_port}, docs /docs, metrics /metrics; flags hot-reload "
+            f"from {config_file}"
+        )
         yield cfg, config_file
     finally:
         for service in reversed(services):
@@ -223,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=9092, help="Kafka port on 127.0.0.1")
     parser.add_argument("--ops-port", type=int, default=9100, help="ingest health/metrics port")
-    parser.add_argument("--router-ops-port", type=int, default=9200, help="router health port")
     parser.add_argument("--receiver-port", type=int, default=8300, help="PagerDuty receiver port")
     parser.add_argument(
         "--train-events", type=int, default=300_000,

@@ -16,17 +16,27 @@ def router(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Configuration file.", dir_okay=False)
     ] = None,
-    ops_port: Annotated[int, typer.Option(help="Health and metrics port.")] = 9200,
+    stream: Annotated[
+        bool, typer.Option(help="Score the `features` stream (the stream door).")
+    ] = True,
+    doors: Annotated[
+        bool,
+        typer.Option(help="Serve the REST and gRPC scoring doors (router.http_port/grpc_port)."),
+    ] = True,
     group_id: Annotated[str, typer.Option(help="Consumer group on `features`.")] = "anomaly-router",
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ...")] = "INFO",
 ) -> None:
-    """Score the `features` stream: decisions to `scores`, alerts through the durable outbox."""
+    """The routing service: the `features` stream (decisions to `scores`, alerts through the
+    durable outbox) and the REST (`POST /v1/score`) and gRPC (`anomaly.v1.Scoring`) doors.
+    Feature flags in the configuration file are hot-reloaded."""
 
     def _run() -> None:
+        from services.common.config.loader import resolve_config_path
+
         cfg = load_config(config)
         configure_logging(log_level)
-        from services.router.runner import run_router_stream
+        from services.router.runner import run_router
 
-        run_router_stream(cfg, ops_port=ops_port, group_id=group_id)
+        run_router(cfg, resolve_config_path(config), stream=stream, doors=doors, group_id=group_id)
 
     run_guarded(_run)

@@ -7,10 +7,13 @@ loop. All of them read the same `LiveConfig`, so a flag change reaches every doo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from services.common.config import PlatformConfig
 from services.common.model_names import ModelName
@@ -33,6 +36,131 @@ def make_core(live: LiveConfig, metrics: RouterMetrics) -> ScoringCore:
         if name in ModelName
     }
     return ScoringCore(live, clients, metrics=metrics)
+
+
+def run_router(
+    config: PlatformConfig,
+    config_path: Path | None,
+    *,
+    stream: bool = True,
+    doors: bool = True,
+    group_id: str = "anomaly-router",
+    batch_max: int = 5_000,
+    batch_timeout_s: float = 0.05,
+) -> None:
+    """The stream door (thread) and the REST and gRPC doors (main loop) until SIGTERM/SIGINT.
+
+    Health, readiness and metrics are served by the REST door; with `doors=False` a small ops
+    server on `router.http_port` serves them instead.
+    """
+    if not doors:
+        run_router_stream(
+            config, ops_host=config.router.host, ops_port=config.router.http_port,
+            group_id=group_id, batch_max=batch_max, batch_timeout_s=batch_timeout_s,
+        )  # fmt: skip
+        return
+    asyncio.run(_serve_doors(config, config_path, stream, group_id, batch_max, batch_timeout_s))
+
+
+async def _serve_doors(
+    config: PlatformConfig,
+    config_path: Path | None,
+    stream: bool,
+    group_id: str,
+    batch_max: int,
+    batch_timeout_s: float,
+) -> None:
+    import uvicorn
+
+    from services.router.config_reload import ConfigReloader
+    from services.router.grpc_door import create_grpc_server
+    from services.router.rest import create_app
+
+    live = LiveConfig(config)
+    metrics = RouterMetrics()
+    delivery: AlertDelivery | None = None
+    scorer: StreamScorer | None = None
+    thread: threading.Thread | None = None
+    if stream:
+        delivery = AlertDelivery.from_config(config.alerts, config.kafka)
+        delivery.start()
+        scorer = StreamScorer(
+            config, live, lambda: make_core(live, metrics), delivery, metrics,
+            group_id=group_id, batch_max=batch_max, batch_timeout_s=batch_timeout_s,
+        )  # fmt: skip
+        thread = threading.Thread(target=scorer.run, name="stream-door", daemon=True)
+        thread.start()
+
+    def ready() -> tuple[bool, str]:
+        if scorer is not None:
+            if scorer.error is not None:
+                return False, f"stream door failed: {scorer.error}"
+            return scorer.ready()
+        return True, "doors ready"
+
+    core = make_core(live, metrics)
+    rest_reader, grpc_reader = _readers(config)
+    app = create_app(core, rest_reader, live, metrics, ready)
+    grpc_server = create_grpc_server(
+        core, grpc_reader, live, metrics, config.router.grpc_port, ready=ready
+    )
+    await grpc_server.start()
+    reloader = (
+        ConfigReloader(config_path, live, metrics, config.router.reload_interval_s).start()
+        if config_path is not None
+        else None
+    )
+    log.info(
+        "router serving",
+        extra={"rest": f"{config.router.host}:{config.router.http_port}",
+               "grpc": config.router.grpc_port, "stream": stream,
+               "config_watch": str(config_path) if config_path else None},
+    )  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.router.host,
+            port=config.router.http_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+    )
+    try:
+        await server.serve()  # returns on SIGTERM/SIGINT
+    finally:
+        if scorer is not None and thread is not None:
+            scorer.stop()
+            await asyncio.to_thread(thread.join, 60)
+        if reloader is not None:
+            reloader.stop()
+        await grpc_server.stop(5)
+        for client in core.clients.values():
+            await client.close()
+        if delivery is not None:
+            delivery.stop()
+            delivery.close()
+        log.info("router stopped", extra={"decisions": scorer.decisions if scorer else 0})
+    if scorer is not None and scorer.error is not None:
+        raise RuntimeError(scorer.error)
+
+
+def _readers(config: PlatformConfig) -> tuple[Any, Any]:
+    """One online-store reader per door (SQLite connections must not be shared by threads);
+    None when the store cannot be opened, so scoring with explicit features still works."""
+    try:
+        from services.common.feast_store import OnlineFeatureReader, open_store
+
+        return (
+            OnlineFeatureReader(open_store(config.feast), config.feast),
+            OnlineFeatureReader(open_store(config.feast), config.feast),
+        )
+    except Exception as exc:
+        log.warning(
+            "online store unavailable: scoring by entity id answers 503",
+            extra={"error": f"{type(exc).__name__}: {exc}"},
+        )
+        return None, None
 
 
 def run_router_stream(
