@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from local_kafka import free_port
 from prometheus_client import CollectorRegistry
 

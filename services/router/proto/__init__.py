@@ -67,7 +67,7 @@ def _candidate_roots() -> list[Path]:
 
 
 def _run_protoc(out: Path) -> None:
-    from grpc_tools import protoc  # type: ignore[import-untyped]
+    from grpc_tools import protoc
 
     well_known = Path(protoc.__file__).parent / "_proto"
     args = [
