@@ -1,0 +1,49 @@
+"""What a registered version records about itself, beyond its files.
+
+Enough to answer, months later: which features in which order (and their schema hash, checked
+at load), which data (hash, size, label counts), which seed and library versions, how
+preprocessed and calibrated, and how good on held-out data.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from datetime import UTC, datetime
+from typing import Any
+
+from services.common.features.definition import (
+    FEATURE_NAMES,
+    FEATURE_SCHEMA_VERSION,
+    feature_schema_hash,
+)
+
+_LIBRARIES = (
+    "numpy", "scikit-learn", "xgboost", "torch", "onnx", "onnxruntime", "skl2onnx",
+    "onnxmltools", "onnxscript",
+)  # fmt: skip
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that shape a model's behaviour."""
+    out = {"python": platform.python_version()}
+    for dist in _LIBRARIES:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def feature_contract() -> dict[str, Any]:
+    """Feature names, order and schema hash."""
+    return {
+        "feature_names": list(FEATURE_NAMES),
+        "feature_schema_version": FEATURE_SCHEMA_VERSION,
+        "feature_schema_hash": feature_schema_hash(),
+    }
+
+
+def utc_now() -> str:
+    """Creation time, ISO-8601 UTC."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat()

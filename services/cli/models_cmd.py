@@ -1,0 +1,508 @@
+"""`anomaly train`, `anomaly evaluate` and `anomaly models ...`: thin doors onto `models`.
+
+Each command parses options, loads the configuration and calls the `models` package; the
+only glue here is feeding an in-process generated stream (`services.generator`) into the
+feature builder when no data file is given, because `models` itself may not import a
+service. Progress goes to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from services.cli.errors import UserError, run_guarded
+from services.common.config import PlatformConfig, load_config
+from services.common.model_names import ModelName
+
+models_app = typer.Typer(
+    help="The model registry: list, show and promote versions; score metric series.",
+    no_args_is_help=True,
+)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Configuration file.", dir_okay=False)
+]
+StoreOption = Annotated[
+    Path | None,
+    typer.Option("--store", help="Registry root (default: model_store.path of the config)."),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _store(cfg: PlatformConfig, store: Path | None) -> Path:
+    return store if store is not None else Path(cfg.model_store.path)
+
+
+def _model_names(model: str) -> tuple[ModelName, ...]:
+    if model == "all":
+        return tuple(ModelName)
+    try:
+        return (ModelName(model),)
+    except ValueError:
+        choices = ", ".join([*(m.value for m in ModelName), "all"])
+        raise UserError(f"--model must be one of {choices}, got {model!r}") from None
+
+
+def _progress(quiet: bool) -> Any:
+    from models.progress import silent, stderr_progress
+
+    return silent if quiet else stderr_progress
+
+
+def _generated(
+    seed: int, events: int, entities: int, anomaly_rate: float, payment_share: float, progress: Any
+) -> Any:
+    """Features of a stream generated in-process (never written to disk)."""
+    from models.dataset import FeatureBuilder, parse_raw_events
+    from services.generator import EventStream, GeneratorError, StreamSpec
+
+    try:
+        spec = StreamSpec(
+            seed=seed, entities=entities, anomaly_rate=anomaly_rate, payment_share=payment_share
+        )
+    except GeneratorError as exc:
+        raise UserError(str(exc)) from None
+    builder = FeatureBuilder(progress=progress)
+    labels: dict[str, str] = {}
+    for chunk in EventStream(spec).chunks(events):
+        builder.add(parse_raw_events(chunk.values(), "generated stream"))
+        labels.update((r["event_id"], r["label"]) for r in chunk.labels())
+    return builder.build(labels)
+
+
+def _dataset(
+    cfg: PlatformConfig,
+    data: Path | None,
+    labels: Path | None,
+    seed: int,
+    events: int,
+    entities: int | None,
+    anomaly_rate: float | None,
+    progress: Any,
+) -> tuple[Any, str]:
+    """(LabelledFeatures, description of the source)."""
+    from models.dataset import load_dataset
+
+    if data is not None:
+        return load_dataset(data, labels, progress), f"file {data}" + (
+            f" with labels {labels}" if labels else " (unlabelled)"
+        )
+    if labels is not None:
+        raise UserError("--labels needs --data (generated streams bring their own labels)")
+    gen = cfg.generator
+    entities = gen.entities if entities is None else entities
+    rate = gen.anomaly_rate if anomaly_rate is None else anomaly_rate
+    source = (
+        f"generated stream seed={seed} events={events} entities={entities} "
+        f"anomaly_rate={rate} payment_share={gen.payment_share}"
+    )
+    progress(f"[data] {source}")
+    return _generated(seed, events, entities, rate, gen.payment_share, progress), source
+
+
+def _guard_models(body: Any) -> None:
+    """run_guarded, with the models package's own errors shown as user errors."""
+    from models.errors import ModelsError
+
+    def wrapped() -> None:
+        try:
+            body()
+        except ModelsError as exc:
+            raise UserError(str(exc)) from None
+
+    run_guarded(wrapped)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="isolation_forest, xgboost, transformer or all.")
+    ] = "all",
+    events: Annotated[
+        int, typer.Option("--events", min=1_000, help="Events to generate (no --data).")
+    ] = 500_000,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed of the generated stream and of training "
+            "(default: generator.seed of the config).",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Events file (JSONL, Parquet or CSV; see models.dataset).",
+            dir_okay=False,
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="Labels file for --data (event_id,label).", dir_okay=False),
+    ] = None,
+    entities: Annotated[
+        int | None, typer.Option("--entities", help="Entities of the generated stream.")
+    ] = None,
+    anomaly_rate: Annotated[
+        float | None, typer.Option("--anomaly-rate", help="Anomaly rate of the generated stream.")
+    ] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="Promote the new versions once registered.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Torch device (default: cuda if available).")
+    ] = None,
+    store: StoreOption = None,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Train, calibrate, export (ONNX + native) and register models."""
+
+    def _run() -> None:
+        import dataclasses
+
+        from models.progress import Stopwatch
+        from models.registry import Registry
+        from models.training import TrainSettings, train_all
+
+        cfg = load_config(config)
+        progress = _progress(quiet)
+        names = _model_names(model)
+        run_seed = cfg.generator.seed if seed is None else seed
+        clock = Stopwatch()
+        dataset, source = _dataset(
+            cfg, data, labels, run_seed, events, entities, anomaly_rate, progress
+        )
+        progress(f"[data] {len(dataset):,} events ready in {clock.seconds:.1f} s")
+        settings = TrainSettings(seed=run_seed, models=names)
+        if device is not None:
+            settings = dataclasses.replace(
+                settings, transformer=dataclasses.replace(settings.transformer, device=device)
+            )
+        registry = Registry(_store(cfg, store))
+        trained = train_all(dataset, settings, registry, progress, source)
+        for name, t in trained.items():
+            holdout = t.metadata["metrics"]["holdout"]
+            tpr = holdout.get("tpr_at_fpr", {}).get("0.3%", {}).get("tpr")
+            line = (
+                f"{name.value:<17} version {t.version:<4} fit {t.metadata['fit_seconds']:>7.1f} s"
+            )
+            if "roc_auc" in holdout:
+                line += f"  hold-out ROC-AUC {holdout['roc_auc']:.4f}  TPR@0.3% {tpr:.3f}"
+            typer.echo(line)
+            if promote and t.version is not None:
+                registry.promote(name, t.version)
+                typer.echo(f"{name.value:<17} promoted version {t.version}")
+        typer.echo(f"total {clock.seconds:.1f} s (features included) for {len(dataset):,} events")
+
+    _guard_models(_run)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(
+    events: Annotated[
+        int,
+        typer.Option(
+            "--events", min=1_000, help="Measured events of the generated held-out stream."
+        ),
+    ] = 300_000,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed of the held-out stream; must differ from the "
+            "training seed (default: training seed + 1).",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Labelled held-out events file instead of a generated one.",
+            dir_okay=False,
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="Labels of --data.", dir_okay=False)
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder (report.json, report.md, *.png).")
+    ] = Path("reports/evaluation"),
+    runtime: Annotated[
+        str, typer.Option("--runtime", help="native or onnx: which artifacts score.")
+    ] = "native",
+    tune_fraction: Annotated[
+        float,
+        typer.Option(
+            "--tune-fraction",
+            help="Leading share of the stream used for warm-up, baselines and threshold tuning.",
+        ),
+    ] = 0.5,
+    warmup_events: Annotated[
+        int | None,
+        typer.Option(
+            "--warmup-events",
+            help="Leading events of the generated stream that only warm the window state "
+            "up (default: as many as the models' fit part, so the test part has the stream "
+            "age the calibration was made at; 0 for --data).",
+        ),
+    ] = None,
+    target_fpr: Annotated[
+        float, typer.Option("--target-fpr", help="FPR bound of the headline figures.")
+    ] = 0.003,
+    recalibrate: Annotated[
+        bool,
+        typer.Option(
+            "--recalibrate",
+            help="Refit calibration tables on the tuning part (as a deployment would on its "
+            "own traffic) instead of using the registered ones.",
+        ),
+    ] = False,
+    adbench: Annotated[
+        Path | None,
+        typer.Option(
+            "--adbench",
+            help="ADBench folder (default: $ANOMALY_ADBENCH_DIR or <repo>/../shared/data/adbench).",
+        ),
+    ] = None,
+    skip_adbench: Annotated[
+        bool, typer.Option("--skip-adbench", help="Do not run the ADBench check.")
+    ] = False,
+    store: StoreOption = None,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate the served models, the ensemble and statistical baselines on held-out data."""
+
+    def _run() -> None:
+        from models.adbench import default_adbench_dir, run_adbench
+        from models.evaluation import EvaluationSettings, evaluate_stream
+        from models.registry import Registry, Runtime
+        from models.report import write_report
+        from models.scoring import ModelScorer
+
+        if runtime not in ("native", "onnx"):
+            raise UserError(f"--runtime must be native or onnx, got {runtime!r}")
+        chosen_runtime: Runtime = "onnx" if runtime == "onnx" else "native"
+        cfg = load_config(config)
+        progress = _progress(quiet)
+        registry = Registry(_store(cfg, store))
+        loaded = {}
+        for name in ModelName:
+            flag = cfg.flags.models.get(name)
+            if flag is not None and not flag.enabled:
+                continue
+            loaded[name] = registry.load(name, flags=cfg.flags)
+        if not loaded:
+            raise UserError("every model is disabled in flags.models")
+        train_seeds = {int(m.metadata["seed"]) for m in loaded.values()}
+        eval_seed = seed if seed is not None else max(train_seeds) + 1
+        if data is None and eval_seed in train_seeds:
+            raise UserError(
+                f"--seed {eval_seed} is a training seed: evaluate on a stream the models never saw"
+            )
+        if warmup_events is not None:
+            warmup = warmup_events
+        elif data is None:
+            warmup = max(int(m.metadata["training_data"]["fit_events"]) for m in loaded.values())
+        else:
+            warmup = 0
+        dataset, source = _dataset(
+            cfg, data, labels, eval_seed, warmup + events, None, None, progress
+        )
+        settings = EvaluationSettings(
+            tune_fraction=tune_fraction,
+            target_fpr=target_fpr,
+            warmup_events=warmup,
+            recalibrate=recalibrate,
+        )
+        scorers = {n: ModelScorer.from_loaded(m, chosen_runtime) for n, m in loaded.items()}
+        result = evaluate_stream(
+            dataset, scorers, cfg.ensemble, cfg.flags, settings, progress,
+            {n: m.version for n, m in loaded.items()},
+        )  # fmt: skip
+        result.report["source"] = source
+        result.report["runtime"] = runtime
+        if not skip_adbench:
+            folder = adbench or default_adbench_dir(REPO_ROOT)
+            result.report["adbench"] = run_adbench(folder, progress=progress)
+            if "skipped" in result.report["adbench"]:
+                typer.echo(
+                    f"ADBench check skipped: {result.report['adbench']['skipped']}", err=True
+                )
+        paths = write_report(result, out)
+        comp = result.report["comparison"]
+        typer.echo(
+            f"ensemble ({comp['ensemble_strategy']}) TPR {comp['ensemble_at_target']['tpr']:.3f} "
+            f"at FPR <= {comp['fpr_key']}; best baseline ({comp['best_baseline']}) "
+            f"{comp['baseline_at_target']['tpr']:.3f}; tuned threshold: TPR "
+            f"{comp['ensemble_tuned_threshold']['tpr']:.3f} FPR "
+            f"{comp['ensemble_tuned_threshold']['fpr']:.4f}"
+        )
+        for path in paths:
+            typer.echo(f"wrote {path}")
+
+    _guard_models(_run)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _parse_model(model: str) -> ModelName:
+    try:
+        return ModelName(model)
+    except ValueError:
+        raise UserError(
+            f"unknown model {model!r} (expected one of: {', '.join(m.value for m in ModelName)})"
+        ) from None
+
+
+@models_app.command("list")
+def models_list(store: StoreOption = None, config: ConfigOption = None) -> None:
+    """Every registered version, newest last; * marks the promoted one."""
+
+    def _run() -> None:
+        from models.registry import Registry
+
+        cfg = load_config(config)
+        registry = Registry(_store(cfg, store))
+        rows = registry.list()
+        if not rows:
+            typer.echo(f"no models in {registry.root} (run `anomaly train`)")
+            return
+        typer.echo(f"{'model':<17} {'version':>7}  {'created':<25} {'ROC-AUC':>8} {'TPR@0.3%':>9}")
+        for r in rows:
+            roc = r.metrics.get("roc_auc")
+            tpr = r.metrics.get("tpr_at_fpr", {}).get("0.3%", {}).get("tpr")
+            mark = "*" if r.promoted else " "
+            typer.echo(
+                f"{r.name.value:<17} {r.version:>6}{mark}  {r.created_at:<25} "
+                f"{'' if roc is None else f'{roc:.4f}':>8} {'' if tpr is None else f'{tpr:.3f}':>9}"
+            )
+
+    _guard_models(_run)
+
+
+@models_app.command("show")
+def models_show(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[
+        str | None, typer.Argument(help="Version (default: the one that would serve).")
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Include the calibration table.")] = False,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print a version's metadata as JSON (integrity verified)."""
+
+    def _run() -> None:
+        from models.registry import Registry
+
+        cfg = load_config(config)
+        registry = Registry(_store(cfg, store))
+        name = _parse_model(model)
+        chosen = version or registry.resolve_with_flags(name, cfg.flags)
+        registry.verify(name, chosen)
+        meta = registry.metadata(name, chosen)
+        if not full:
+            table = meta.get("calibration", {})
+            meta["calibration"] = {
+                "knots": len(table.get("raw", [])), "normal_count": table.get("normal_count"),
+            }  # fmt: skip
+        meta["promoted"] = registry.promoted(name) == chosen
+        meta["path"] = str(registry.version_dir(name, chosen))
+        typer.echo(json.dumps(meta, indent=2))
+
+    _guard_models(_run)
+
+
+@models_app.command("promote")
+def models_promote(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version to promote.")],
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make a version the one served (unless a version is pinned in flags)."""
+
+    def _run() -> None:
+        from models.registry import Registry
+
+        cfg = load_config(config)
+        registry = Registry(_store(cfg, store))
+        name = _parse_model(model)
+        if version not in registry.versions(name):
+            raise UserError(f"{name.value} has no version {version} in {registry.root}")
+        registry.promote(name, version)
+        typer.echo(f"{name.value}: promoted version {version}")
+        pinned = cfg.flags.models.get(name)
+        if pinned is not None and pinned.version is not None and pinned.version != version:
+            typer.echo(
+                f"note: flags.models.{name.value}.version pins {pinned.version}, "
+                "which still serves",
+                err=True,
+            )
+
+    _guard_models(_run)
+
+
+@models_app.command("score-series")
+def models_score_series(
+    metrics_csv: Annotated[
+        list[Path], typer.Argument(help="CSV files: timestamp,value[,entity_id].")
+    ],
+    scores_out: Annotated[
+        Path, typer.Option("--scores-out", help="Per-sample score CSV to write.", dir_okay=False)
+    ],
+    fit_fraction: Annotated[
+        float, typer.Option("--fit-fraction", help="Leading share of samples to fit on.")
+    ] = 0.5,
+    registry_models: Annotated[
+        bool,
+        typer.Option(
+            "--registry",
+            help="Score with the registered unsupervised models instead of fitting on the series.",
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fits.")] = 42,
+    store: StoreOption = None,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Score univariate metric series (events of kind `metric`) with the unsupervised models."""
+
+    def _run() -> None:
+        from models.metric_series import (
+            UNSUPERVISED,
+            read_metric_series,
+            score_metric_series,
+            write_scores_csv,
+        )
+        from models.registry import Registry
+        from models.scoring import ModelScorer
+
+        cfg = load_config(config)
+        progress = _progress(quiet)
+        events = read_metric_series(metrics_csv)
+        scorers = None
+        if registry_models:
+            registry = Registry(_store(cfg, store))
+            scorers = {
+                n: ModelScorer.from_loaded(registry.load(n, flags=cfg.flags)) for n in UNSUPERVISED
+            }
+        columns = score_metric_series(events, scorers, fit_fraction, seed, progress=progress)
+        rows = write_scores_csv(columns, scores_out)
+        typer.echo(f"wrote {rows:,} scored samples to {scores_out}")
+
+    _guard_models(_run)

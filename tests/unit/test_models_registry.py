@@ -1,0 +1,125 @@
+"""Registry: immutable versions, verified on load, resolved pinned > promoted > latest."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.calibration import QuantileCalibrator
+from models.errors import (
+    IncompatibleModelError,
+    IntegrityError,
+    ModelNotFoundError,
+    VersionExistsError,
+)
+from models.metadata import feature_contract
+from models.registry import METADATA_FILE, PROMOTED_FILE, TRITON_CONFIG_FILE, Registry
+from services.common.config.model import FeatureFlags, ModelFlag
+from services.common.model_names import ModelName
+
+XGB = ModelName.XGBOOST
+
+
+def _stage(payload: bytes = b"weights", schema: str | None = None) -> Callable[[Path, str], None]:
+    def stage(folder: Path, version: str) -> None:
+        meta: dict[str, object] = {
+            "version": version,
+            "created_at": "2026-01-01T00:00:00+00:00",
+            **feature_contract(),
+            "input": {"name": "features", "kind": "rows", "shape": [-1, 22]},
+            "calibration": QuantileCalibrator.fit(np.arange(1000.0)).to_dict(),
+            "metrics": {"holdout": {"roc_auc": 0.9}},
+        }
+        if schema is not None:
+            meta["feature_schema_hash"] = schema
+        (folder / METADATA_FILE).write_text(json.dumps(meta))
+        (folder / "model.json").write_bytes(payload)
+        (folder / "model.onnx").write_bytes(b"onnx")
+
+    return stage
+
+
+def test_versions_count_up_and_are_immutable(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    assert reg.publish(XGB, _stage()) == "1"
+    assert reg.publish(XGB, _stage()) == "2"
+    with pytest.raises(VersionExistsError, match="immutable"):
+        reg.publish(XGB, _stage(b"other"), version="1")
+    assert reg.versions(XGB) == ["1", "2"]
+    folder = reg.version_dir(XGB, "1")
+    assert (folder / "model.json").read_bytes() == b"weights"
+    mode = (folder / "model.json").stat().st_mode
+    assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    assert not any(p.name.startswith(".staging") for p in reg.model_dir(XGB).iterdir())
+
+
+def test_failed_staging_leaves_nothing_behind(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+
+    def broken(folder: Path, version: str) -> None:
+        (folder / "half").write_text("x")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        reg.publish(XGB, broken)
+    assert reg.versions(XGB) == []
+    assert list(reg.model_dir(XGB).iterdir()) == []
+
+
+def test_tampered_added_or_removed_files_are_detected(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    reg.publish(XGB, _stage())
+    reg.load(XGB, "1")
+    target = reg.version_dir(XGB, "1") / "model.json"
+    os.chmod(target, 0o644)
+    target.write_bytes(b"weightz")
+    with pytest.raises(IntegrityError, match=r"model\.json"):
+        reg.load(XGB, "1")
+    reg.publish(XGB, _stage())
+    folder = reg.version_dir(XGB, "2")
+    os.chmod(folder, 0o755)
+    (folder / "extra.bin").write_bytes(b"")
+    with pytest.raises(IntegrityError, match="added"):
+        reg.load(XGB, "2")
+
+
+def test_resolution_pinned_then_promoted_then_latest(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="anomaly train"):
+        reg.resolve(XGB)
+    for _ in range(3):
+        reg.publish(XGB, _stage())
+    assert reg.resolve(XGB) == "3"
+    reg.promote(XGB, "2")
+    assert (reg.model_dir(XGB) / PROMOTED_FILE).read_text().strip() == "2"
+    assert reg.resolve(XGB) == "2"
+    flags = FeatureFlags(models={XGB: ModelFlag(version="1")})
+    assert reg.load(XGB, flags=flags).version == "1"
+    with pytest.raises(ModelNotFoundError, match="version 9"):
+        reg.resolve(XGB, "9")
+    listed = {(v.version, v.promoted) for v in reg.list()}
+    assert listed == {("1", False), ("2", True), ("3", False)}
+
+
+def test_triton_config_serves_the_promoted_version(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    reg.publish(XGB, _stage())
+    reg.publish(XGB, _stage())
+    config = (reg.model_dir(XGB) / TRITON_CONFIG_FILE).read_text()
+    assert 'backend: "onnxruntime"' in config and "versions: [ 2 ]" in config
+    assert "dims: [ 22 ]" in config
+    reg.promote(XGB, "1")
+    assert "versions: [ 1 ]" in (reg.model_dir(XGB) / TRITON_CONFIG_FILE).read_text()
+
+
+def test_model_of_another_feature_schema_is_refused(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    reg.publish(XGB, _stage(schema="0123456789abcdef"))
+    with pytest.raises(IncompatibleModelError, match="retrain"):
+        reg.load(XGB)
