@@ -36,7 +36,8 @@ def test_shipped_config_is_valid_and_matches_documented_defaults() -> None:
     cfg = load_config(REPO_CONFIG)
     assert cfg.kafka.topics.events.partitions == 32
     assert isinstance(cfg.feast.online_store, SqliteOnlineStore)
-    assert cfg.ensemble.thresholds[AnomalyType.SLOW_DRIFT] == 0.8
+    assert cfg.ensemble.thresholds[AnomalyType.SLOW_DRIFT] == 0.995
+    assert cfg.ensemble.cascade.uncertain_high == 0.9995
     assert set(cfg.flags.models) == set(ModelName)
 
 
