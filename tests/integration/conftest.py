@@ -7,10 +7,16 @@ two versions side by side.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
 from models.dataset import features_from_events, parse_raw_events
 from models.isolation_forest import IsolationForestSettings
@@ -20,6 +26,8 @@ from models.transformer import TransformerSettings
 from models.xgb_classifier import XGBoostSettings
 from services.common.model_names import ModelName
 from services.generator import StreamSpec, generate_batch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +51,56 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     publish(registry, second)
     assert trained.keys() == set(ModelName)
     return root
+
+
+@dataclass(frozen=True)
+class ModelServer:
+    """`anomaly serve` with all three models and every registered version, on free ports."""
+
+    http_port: int
+    grpc_port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def http(self) -> str:
+        """Base URL of the V2 REST API."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        """host:port of the V2 gRPC API."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@pytest.fixture(scope="session")
+def model_server(
+    model_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelServer]:
+    """One model-server process for the session (serving, router and end-to-end tests)."""
+    from local_kafka import free_port
+
+    work = tmp_path_factory.mktemp("serving")
+    config = work / "platform.yaml"
+    config.write_text(yaml.safe_dump({"model_store": {"path": str(model_store)}}))
+    http, grpc = free_port(), free_port()
+    log = work / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "serve",
+         "isolation_forest,xgboost,transformer", "-c", str(config),
+         "--http-port", str(http), "--grpc-port", str(grpc), "--versions", "all"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+    yield ModelServer(http, grpc, proc, log)
+    proc.terminate()
+    proc.wait(30)

@@ -4,19 +4,15 @@ receiver. Counts must match (events in = decisions out) and injected anomalies m
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import yaml
-from local_kafka import free_port
 from prometheus_client import CollectorRegistry
 
 from services.common.config import PlatformConfig
@@ -28,6 +24,7 @@ from services.router.core import LiveConfig
 from services.router.metrics import RouterMetrics
 from services.router.runner import make_core
 from services.router.stream import StreamScorer
+from tests.integration.conftest import ModelServer
 from tests.integration.kafka_io import create_topics, produce, read_until
 from tests.integration.test_ingest import Running
 
@@ -37,41 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 6_000
 
 
-@pytest.fixture(scope="module")
-def model_server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    work = tmp_path_factory.mktemp("e2e-serving")
-    config = work / "platform.yaml"
-    config.write_text(yaml.safe_dump({"model_store": {"path": str(model_store)}}))
-    http, grpc = free_port(), free_port()
-    log = work / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "serve",
-         "isolation_forest,xgboost,transformer", "-c", str(config),
-         "--http-port", str(http), "--grpc-port", str(grpc)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
-    yield grpc
-    proc.terminate()
-    proc.wait(30)
-
-
 def test_events_in_equal_decisions_out_and_anomalies_page(
     platform_config: Callable[[], PlatformConfig],
-    model_server: int,
+    model_server: ModelServer,
     tmp_path: Path,
 ) -> None:
     base = platform_config()
-    endpoint = {"rest_url": "http://127.0.0.1:1", "grpc_target": f"127.0.0.1:{model_server}",
+    endpoint = {"rest_url": "http://127.0.0.1:1", "grpc_target": model_server.grpc,
                 "timeout_ms": 5_000}  # fmt: skip
     with ReceiverServer() as receiver:
         cfg = PlatformConfig(

@@ -10,8 +10,6 @@ background thread, with the configuration reloader watching the file.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -53,6 +51,7 @@ from services.router.grpc_door import create_grpc_server
 from services.router.metrics import RouterMetrics
 from services.router.model_clients import CircuitBreaker, V2ModelClient
 from services.router.rest import create_app
+from tests.integration.conftest import ModelServer
 
 pytestmark = pytest.mark.integration
 
@@ -68,32 +67,9 @@ T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
-def model_server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`anomaly serve` with all three models; yields its gRPC target."""
-    work = tmp_path_factory.mktemp("serving")
-    config = work / "platform.yaml"
-    config.write_text(yaml.safe_dump({"model_store": {"path": str(model_store)}}))
-    http, grpc_port = free_port(), free_port()
-    log = work / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "serve",
-         "isolation_forest,xgboost,transformer", "-c", str(config),
-         "--http-port", str(http), "--grpc-port", str(grpc_port), "--versions", "all"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
-    yield f"127.0.0.1:{grpc_port}"
-    proc.terminate()
-    proc.wait(30)
+def model_target(model_server: ModelServer) -> str:
+    """gRPC target of the session's model server (all three models, every version)."""
+    return model_server.grpc
 
 
 def platform_config(
@@ -227,11 +203,11 @@ class Router:
 
 @pytest.fixture(scope="module")
 def router(
-    model_server: str, online_rows: tuple[Path, npt.NDArray[np.float32]]
+    model_target: str, online_rows: tuple[Path, npt.NDArray[np.float32]]
 ) -> Iterator[Router]:
     work, _ = online_rows
     path = work / "platform.yaml"
-    path.write_text(yaml.safe_dump(platform_config(work, model_server)))
+    path.write_text(yaml.safe_dump(platform_config(work, model_target)))
     stack = Router(path)
     yield stack
     stack.close()
@@ -353,11 +329,11 @@ def test_disabled_model_leaves_the_vote(
 
 
 def test_model_outage_gives_degraded_decisions_not_errors(
-    model_server: str, online_rows: tuple[Path, npt.NDArray[np.float32]], tmp_path: Path
+    model_target: str, online_rows: tuple[Path, npt.NDArray[np.float32]], tmp_path: Path
 ) -> None:
     work, _ = online_rows
     path = tmp_path / "platform.yaml"
-    path.write_text(yaml.safe_dump(platform_config(work, model_server, down=ModelName.XGBOOST)))
+    path.write_text(yaml.safe_dump(platform_config(work, model_target, down=ModelName.XGBOOST)))
     outage = Router(path, reload=False)
     try:
         for _ in range(2):  # the second request finds the circuit open: still an answer

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import yaml
 from kserve.inference_client import InferenceGRPCClient
 from kserve.protocol.infer_type import InferInput, InferRequest
-from local_kafka import free_port
 
 from models.registry import Registry
 from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
+from tests.integration.conftest import ModelServer
 
 pytestmark = pytest.mark.integration
 
@@ -28,41 +23,9 @@ WIDTH = len(FEATURE_NAMES)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Server:
-    def __init__(self, http: int, grpc: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-        self.http = f"http://127.0.0.1:{http}"
-        self.grpc = f"127.0.0.1:{grpc}"
-        self.proc = proc
-        self.log = log
-
-
-@pytest.fixture(scope="module")
-def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One process serving all three models; every xgboost version side by side."""
-    work = tmp_path_factory.mktemp("serving")
-    config = work / "platform.yaml"
-    config.write_text(yaml.safe_dump({"model_store": {"path": str(model_store)}}))
-    http, grpc = free_port(), free_port()
-    log = work / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "serve",
-         "isolation_forest,xgboost,transformer", "-c", str(config),
-         "--http-port", str(http), "--grpc-port", str(grpc), "--versions", "all"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
-    yield Server(http, grpc, proc, log)
-    proc.terminate()
-    proc.wait(30)
+@pytest.fixture
+def server(model_server: ModelServer) -> ModelServer:
+    return model_server
 
 
 def rows(n: int, seed: int = 0) -> np.ndarray:
@@ -83,7 +46,7 @@ def outputs(response: httpx.Response) -> dict[str, np.ndarray]:
     return {o["name"]: np.asarray(o["data"]) for o in response.json()["outputs"]}
 
 
-def test_rest_scores_equal_the_registry_model(server: Server, model_store: Path) -> None:
+def test_rest_scores_equal_the_registry_model(server: ModelServer, model_store: Path) -> None:
     x = rows(300)
     got = outputs(httpx.post(f"{server.http}/v2/models/isolation_forest/infer", json=v2_body(x)))
     expected = Registry(model_store).load(ModelName.ISOLATION_FOREST).score(x)
@@ -91,7 +54,7 @@ def test_rest_scores_equal_the_registry_model(server: Server, model_store: Path)
     assert ((got["score"] >= 0) & (got["score"] <= 1)).all()
 
 
-def grpc_infer(server: Server, model: str, x: np.ndarray, version: str | None = None) -> Any:
+def grpc_infer(server: ModelServer, model: str, x: np.ndarray, version: str | None = None) -> Any:
     async def call() -> Any:
         client = InferenceGRPCClient(server.grpc, retries=2)
         tensor = InferInput("features", list(x.shape), "FP32")
@@ -105,7 +68,7 @@ def grpc_infer(server: Server, model: str, x: np.ndarray, version: str | None = 
     return asyncio.run(call())
 
 
-def test_grpc_round_trip_with_types(server: Server, model_store: Path) -> None:
+def test_grpc_round_trip_with_types(server: ModelServer, model_store: Path) -> None:
     x = rows(1_024, seed=1)
     response = grpc_infer(server, "xgboost", x)
     got = {o.name: o.as_numpy() for o in response.outputs}
@@ -117,7 +80,7 @@ def test_grpc_round_trip_with_types(server: Server, model_store: Path) -> None:
     np.testing.assert_array_equal(got["anomaly_type"], expected.anomaly_type)
 
 
-def test_two_versions_side_by_side(server: Server, model_store: Path) -> None:
+def test_two_versions_side_by_side(server: ModelServer, model_store: Path) -> None:
     x = rows(200, seed=2)
     v1 = outputs(httpx.post(f"{server.http}/v2/models/xgboost/versions/1/infer", json=v2_body(x)))
     v2 = outputs(httpx.post(f"{server.http}/v2/models/xgboost/versions/2/infer", json=v2_body(x)))
@@ -136,7 +99,7 @@ def test_two_versions_side_by_side(server: Server, model_store: Path) -> None:
     assert ready.status_code == 200 and ready.json()["ready"] is True
 
 
-def test_transformer_takes_sequences(server: Server, model_store: Path) -> None:
+def test_transformer_takes_sequences(server: ModelServer, model_store: Path) -> None:
     model = Registry(model_store).load(ModelName.TRANSFORMER)
     length = model.sequence_length
     assert length is not None
@@ -158,14 +121,14 @@ def test_transformer_takes_sequences(server: Server, model_store: Path) -> None:
     ],
 )  # fmt: skip
 def test_client_mistakes_are_4xx_with_a_message(
-    server: Server, path: str, body: dict[str, Any], status: int, message: str
+    server: ModelServer, path: str, body: dict[str, Any], status: int, message: str
 ) -> None:
     response = httpx.post(f"{server.http}/v2/models/{path}/infer", json=body)
     assert response.status_code == status, response.text
     assert message in response.text
 
 
-def test_nan_and_oversized_batches_are_refused_over_grpc(server: Server) -> None:
+def test_nan_and_oversized_batches_are_refused_over_grpc(server: ModelServer) -> None:
     import grpc
 
     x = rows(4)
@@ -181,7 +144,7 @@ def test_nan_and_oversized_batches_are_refused_over_grpc(server: Server) -> None
     assert server.proc.poll() is None, "the server survived every bad request"
 
 
-def test_concurrent_requests_are_batched(server: Server) -> None:
+def test_concurrent_requests_are_batched(server: ModelServer) -> None:
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient() as client:
             x = rows(1)
