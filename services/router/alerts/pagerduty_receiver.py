@@ -38,6 +38,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import ClientDisconnect
 
 from services.router.alerts.pagerduty_events import EVENT_ACTIONS, validate_event
 
@@ -169,7 +170,11 @@ def create_receiver_app(state: ReceiverState | None = None) -> FastAPI:
     @app.post("/v2/enqueue")
     async def enqueue(request: Request) -> Response:
         now = time.time()
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            # The sender gave up (it was stopping); it will retry from its outbox.
+            return Response(status_code=499)
         event: Any = None
         errors: list[str] = []
         try:
