@@ -13,10 +13,11 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from typing import Self
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.config import PlatformConfig
@@ -65,35 +66,25 @@ def scrape(url: str, names: set[str]) -> dict[str, float]:
     return out
 
 
-class PipelineMonitor:
-    """Consumes `features` and `events.dlq` from their ends and keeps running figures."""
+class TopicTail:
+    """Reads some topics from their current end on a background thread, like any downstream
+    consumer (its own group, nothing committed); subclasses handle each consumed batch."""
 
-    def __init__(self, config: PlatformConfig, ingest_metrics_url: str | None = None) -> None:
-        topics = config.kafka.topics
+    def __init__(self, config: PlatformConfig, topics: tuple[str, ...], name: str) -> None:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": config.kafka.bootstrap_servers,
-                "group.id": f"anomaly-monitor-{uuid.uuid4().hex[:8]}",
+                "group.id": f"anomaly-{name}-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 50,
             }
         )
-        self._topics = (topics.features.name, topics.dlq.name)
-        self._ingest_metrics_url = ingest_metrics_url
+        self._topics = topics
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
-        self._started = time.monotonic()
-        self._features = 0
-        self._dead = 0
-        self._lat: list[np.ndarray] = []
-        self._all_lat: list[np.ndarray] = []
-        self._last: tuple[float, int, int] = (self._started, 0, 0)
-        self.generated = 0
-        self.generated_per_s = 0.0
-        self.injected = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> PipelineMonitor:
+    def start(self) -> Self:
         """Start consuming from the current end of the topics."""
         assignment = []
         for topic in self._topics:
@@ -110,29 +101,46 @@ class PipelineMonitor:
         self._consumer.close()
 
     def _run(self) -> None:
-        features_topic = self._topics[0]
         while not self._stop.is_set():
             msgs = self._consumer.consume(num_messages=20_000, timeout=0.2)
-            values = []
-            dead = 0
-            for msg in msgs:
-                if msg.error() is not None:
-                    continue
-                if msg.topic() == features_topic:
-                    values.append((msg.value() or b"")[:HEADER_SIZE])
-                else:
-                    dead += 1
-            if not values and not dead:
-                continue
-            now_ms = time.time() * 1000.0
-            lat = np.empty(0)
-            if values:
-                header = np.frombuffer(b"".join(values), dtype=HEADER_DTYPE, count=len(values))
-                lat = now_ms - header["ts"].astype(np.float64)
-            with self._lock:
-                self._features += len(values)
-                self._dead += dead
-                self._lat.append(lat)
+            records = [m for m in msgs if m.error() is None]
+            if records:
+                self._handle(records)
+
+    def _handle(self, msgs: list[Message]) -> None:
+        raise NotImplementedError
+
+
+class PipelineMonitor(TopicTail):
+    """Consumes `features` and `events.dlq` from their ends and keeps running figures."""
+
+    def __init__(self, config: PlatformConfig, ingest_metrics_url: str | None = None) -> None:
+        topics = config.kafka.topics
+        super().__init__(config, (topics.features.name, topics.dlq.name), "monitor")
+        self._ingest_metrics_url = ingest_metrics_url
+        self._started = time.monotonic()
+        self._features = 0
+        self._dead = 0
+        self._lat: list[np.ndarray] = []
+        self._all_lat: list[np.ndarray] = []
+        self._last: tuple[float, int, int] = (self._started, 0, 0)
+        self.generated = 0
+        self.generated_per_s = 0.0
+        self.injected = 0
+
+    def _handle(self, msgs: list[Message]) -> None:
+        features_topic = self._topics[0]
+        values = [(m.value() or b"")[:HEADER_SIZE] for m in msgs if m.topic() == features_topic]
+        dead = len(msgs) - len(values)
+        now_ms = time.time() * 1000.0
+        lat = np.empty(0)
+        if values:
+            header = np.frombuffer(b"".join(values), dtype=HEADER_DTYPE, count=len(values))
+            lat = now_ms - header["ts"].astype(np.float64)
+        with self._lock:
+            self._features += len(values)
+            self._dead += dead
+            self._lat.append(lat)
 
     def snapshot(self) -> Snapshot:
         """Figures since the start; latency and rates over the interval since the last call."""
@@ -197,7 +205,7 @@ class DecisionSnapshot:
     fpr: float | None = None
 
 
-class DecisionMonitor:
+class DecisionMonitor(TopicTail):
     """Reads `scores` and `events.labels` from their ends: throughput, latency, TPR/FPR.
 
     Labels say which event ids are injected anomalies (absence = normal), so every decided
@@ -206,18 +214,7 @@ class DecisionMonitor:
 
     def __init__(self, config: PlatformConfig) -> None:
         topics = config.kafka.topics
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": config.kafka.bootstrap_servers,
-                "group.id": f"anomaly-decision-monitor-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 50,
-            }
-        )
-        self._topics = (topics.scores.name, topics.labels.name)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="decision-monitor", daemon=True)
+        super().__init__(config, (topics.scores.name, topics.labels.name), "decision-monitor")
         self._labels: set[str] = set()
         self._flagged: set[str] = set()
         self._decided = 0
@@ -227,43 +224,23 @@ class DecisionMonitor:
         self._all_lat: list[float] = []
         self._last = (time.monotonic(), 0)
 
-    def start(self) -> DecisionMonitor:
-        """Start consuming from the current end of the topics."""
-        assignment = []
-        for topic in self._topics:
-            meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
-            assignment += [TopicPartition(topic, p, OFFSET_END) for p in meta.partitions]
-        self._consumer.assign(assignment)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop consuming."""
-        self._stop.set()
-        self._thread.join(10)
-        self._consumer.close()
-
-    def _run(self) -> None:
+    def _handle(self, msgs: list[Message]) -> None:
         scores_topic = self._topics[0]
-        while not self._stop.is_set():
-            msgs = self._consumer.consume(num_messages=20_000, timeout=0.2)
-            with self._lock:
-                for msg in msgs:
-                    if msg.error() is not None:
-                        continue
-                    value = msg.value() or b""
-                    if msg.topic() == scores_topic:
-                        d = orjson.loads(value)
-                        self._decided += 1
-                        self._degraded += bool(d["degraded"])
-                        self._lat.append(d["decided_at"] - d["ts"])
-                        if d["anomalous"]:
-                            self._flagged.add(d["event_id"])
-                        if d["alert"]:
-                            kind = d["anomaly_type"] or "unknown"
-                            self._alerts[kind] = self._alerts.get(kind, 0) + 1
-                    else:
-                        self._labels.add(orjson.loads(value)["event_id"])
+        with self._lock:
+            for msg in msgs:
+                value = msg.value() or b""
+                if msg.topic() != scores_topic:
+                    self._labels.add(orjson.loads(value)["event_id"])
+                    continue
+                d = orjson.loads(value)
+                self._decided += 1
+                self._degraded += bool(d["degraded"])
+                self._lat.append(d["decided_at"] - d["ts"])
+                if d["anomalous"]:
+                    self._flagged.add(d["event_id"])
+                if d["alert"]:
+                    kind = d["anomaly_type"] or "unknown"
+                    self._alerts[kind] = self._alerts.get(kind, 0) + 1
 
     def snapshot(self) -> DecisionSnapshot:
         """Counts since the start; rate and latency over the interval since the last call."""

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,6 @@ import orjson
 from confluent_kafka import (
     Consumer,
     KafkaError,
-    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -44,7 +43,7 @@ from services.common.events import parse_batch
 from services.common.features.columns import columns_from_events
 from services.common.features.engine import EngineSettings, FeatureEngine
 from services.common.features.messages import encode_feature_messages
-from services.common.kafka.clients import coordinates, make_consumer, make_producer
+from services.common.kafka.clients import make_consumer, make_producer, split_consumed
 from services.ingest.changelog import StateChangelog
 from services.ingest.dead_letters import send_dead_letter
 from services.ingest.metrics import IngestMetrics
@@ -74,15 +73,6 @@ class _Deliveries:
         self.pending -= 1
         if err is not None:
             self.failed.append(err.str())
-
-
-def latest_per_entity(entity_ids: Sequence[str], keep: npt.NDArray[np.bool_]) -> list[int]:
-    """Index of the last kept row of each entity, in first-seen order."""
-    last: dict[str, int] = {}
-    for i, entity in enumerate(entity_ids):
-        if keep[i]:
-            last[entity] = i
-    return list(last.values())
 
 
 class IngestService:
@@ -205,25 +195,9 @@ class IngestService:
         """Handle one consumed batch end to end (through the commit); returns valid events."""
         m = self.metrics
         started = time.perf_counter()
-        values: list[bytes] = []
-        keys: list[bytes | None] = []
-        partitions: list[int] = []
-        offsets: list[int] = []
-        commit_to: dict[int, int] = {}
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise KafkaException(err)
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error", extra={"error": err.str()})
-                continue
-            partition, offset = coordinates(msg)
-            values.append(msg.value() or b"")
-            keys.append(msg.key())
-            partitions.append(partition)
-            offsets.append(offset)
-            commit_to[partition] = offset + 1
+        consumed = split_consumed(msgs, log)
+        values, keys = consumed.values, consumed.keys
+        partitions, offsets, commit_to = consumed.partitions, consumed.offsets, consumed.commit_to
         if not values:
             return 0
 
@@ -268,19 +242,22 @@ class IngestService:
             produced = time.perf_counter()
             m.batch_seconds.labels(stage="produce").observe(produced - computed)
 
-            rows = latest_per_entity(cols.entity_ids, ~result.late)
+            rows = np.flatnonzero(~result.late)
             m.late_events.inc(int(result.late.sum()))
         else:
-            rows = []
+            rows = np.empty(0, dtype=np.int64)
 
         flush_started = time.perf_counter()
         self._producer.poll(0)  # serve acknowledgements of earlier batches
         seq = self._seq
         self._seq += 1
         if self.online is not None:
-            if rows:
+            if rows.size:
                 self.online.add(
-                    seq, [cols.entity_ids[i] for i in rows], cols.ts[rows], result.matrix[rows]
+                    seq,
+                    [cols.entity_ids[i] for i in rows.tolist()],
+                    cols.ts[rows],
+                    result.matrix[rows],
                 )
             else:
                 self.online.mark_empty(seq)

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from services.common.config import PlatformConfig
 from services.common.features.messages import FeatureMessageError, decode_feature_messages
-from services.common.kafka.clients import coordinates, make_consumer, make_producer
+from services.common.kafka.clients import make_consumer, make_producer, split_consumed
 from services.router.alerts import AlertDelivery
 from services.router.core import LiveConfig, ScoringCore
 from services.router.metrics import RouterMetrics
@@ -97,21 +97,9 @@ class StreamScorer:
     ) -> None:
         started = time.perf_counter()
         topics = self.config.kafka.topics
-        values: list[bytes] = []
-        keys: list[str] = []
-        commit_to: dict[int, int] = {}
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise KafkaException(err)
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error", extra={"error": err.str()})
-                continue
-            partition, offset = coordinates(msg)
-            commit_to[partition] = offset + 1
-            values.append(msg.value() or b"")
-            keys.append((msg.key() or b"").decode())
+        consumed = split_consumed(msgs, log)
+        values, commit_to = consumed.values, consumed.commit_to
+        keys = [(k or b"").decode() for k in consumed.keys]
         if not values:
             return
         try:

@@ -20,15 +20,14 @@ import yaml
 from local_kafka import free_port
 
 from models.registry import Registry
-from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
+from tests.integration.v2_io import WIDTH, outputs, rows, v2_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 serve = pytest.importorskip("ray.serve", reason="the ray extra is not installed")
 
-WIDTH = len(FEATURE_NAMES)
 APP = "anomaly"
 
 
@@ -70,24 +69,6 @@ def ray_url(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     finally:
         serve.shutdown()
         ray.shutdown()
-
-
-def rows(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.lognormal(0, 1, (n, WIDTH)).astype(np.float32)
-
-
-def v2_body(x: np.ndarray, datatype: str = "FP32", name: str = "features") -> dict[str, Any]:
-    return {
-        "inputs": [
-            {"name": name, "shape": list(x.shape), "datatype": datatype, "data": x.ravel().tolist()}
-        ]
-    }
-
-
-def outputs(response: httpx.Response) -> dict[str, np.ndarray]:
-    assert response.status_code == 200, response.text
-    return {o["name"]: np.asarray(o["data"]) for o in response.json()["outputs"]}
 
 
 def test_rest_scores_equal_the_registry_model(ray_url: str, model_store: Path) -> None:

@@ -13,37 +13,18 @@ from kserve.inference_client import InferenceGRPCClient
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from models.registry import Registry
-from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
 from tests.integration.conftest import ModelServer
+from tests.integration.v2_io import WIDTH, outputs, rows, v2_body
 
 pytestmark = pytest.mark.integration
 
-WIDTH = len(FEATURE_NAMES)
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def server(model_server: ModelServer) -> ModelServer:
     return model_server
-
-
-def rows(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.lognormal(0, 1, (n, WIDTH)).astype(np.float32)
-
-
-def v2_body(x: np.ndarray, datatype: str = "FP32", name: str = "features") -> dict[str, Any]:
-    return {
-        "inputs": [
-            {"name": name, "shape": list(x.shape), "datatype": datatype, "data": x.ravel().tolist()}
-        ]
-    }
-
-
-def outputs(response: httpx.Response) -> dict[str, np.ndarray]:
-    assert response.status_code == 200, response.text
-    return {o["name"]: np.asarray(o["data"]) for o in response.json()["outputs"]}
 
 
 def test_rest_scores_equal_the_registry_model(server: ModelServer, model_store: Path) -> None:

@@ -7,9 +7,11 @@ everywhere (manual commits, no auto offset store).
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from services.common.config.model import KafkaConfig
@@ -92,3 +94,39 @@ def coordinates(msg: Message) -> tuple[int, int]:
     if partition is None or offset is None:
         raise ValueError("message has no partition/offset (not a consumed message?)")
     return partition, offset
+
+
+@dataclass(slots=True)
+class ConsumedBatch:
+    """The usable messages of one `consume()` call, column-wise, and the offsets to commit."""
+
+    values: list[bytes] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    commit_to: dict[int, int] = field(default_factory=dict)
+    """partition -> next offset: what committing this batch means."""
+
+
+def split_consumed(msgs: list[Message], log: logging.Logger) -> ConsumedBatch:
+    """Separate records from the error events librdkafka delivers in the same list.
+
+    A fatal error (the client cannot continue) raises, so the service stops before committing;
+    partition-EOF notices are ignored; other errors are transient and logged.
+    """
+    batch = ConsumedBatch()
+    for msg in msgs:
+        err = msg.error()
+        if err is not None:
+            if err.fatal():
+                raise KafkaException(err)
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume error", extra={"error": err.str()})
+            continue
+        partition, offset = coordinates(msg)
+        batch.values.append(msg.value() or b"")
+        batch.keys.append(msg.key())
+        batch.partitions.append(partition)
+        batch.offsets.append(offset)
+        batch.commit_to[partition] = offset + 1
+    return batch
