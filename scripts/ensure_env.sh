@@ -9,14 +9,15 @@
 # anything else (code, tool settings) reuses the cache. Deleting the cache folder is always
 # safe: the next run installs from nothing.
 #
-#   ANOMALY_EXTRAS   extras to install (default: dev)
+#   ANOMALY_EXTRAS   extras to install (default: dev,train,ray,loadtest: one environment
+#                    serves both README commands, so a user installs it once)
 #   ANOMALY_CACHE    cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/anomaly-platform)
 #   PYTHON           interpreter to build the venv from (default: python3.11, else python3)
 set -euo pipefail
 
 ANOMALY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-ANOMALY_EXTRAS="${ANOMALY_EXTRAS:-dev}"
+ANOMALY_EXTRAS="${ANOMALY_EXTRAS:-dev,train,ray,loadtest}"
 ANOMALY_CACHE="${ANOMALY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/anomaly-platform}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
