@@ -21,6 +21,7 @@ from services.cli.features_cmd import features_app
 from services.cli.generate_cmd import generate
 from services.cli.ingest_cmd import ingest
 from services.cli.models_cmd import evaluate, models_app, train
+from services.cli.replay_cmd import replay
 from services.cli.router_cmd import router
 from services.cli.serve_cmd import serve
 from services.common.config import ConfigError, dump_config, load_config
@@ -49,6 +50,7 @@ app.command("serve")(serve)
 app.command("router")(router)
 app.command("pagerduty-receiver")(pagerduty_receiver)
 app.add_typer(alerts_app, name="alerts")
+app.command("replay")(replay)
 
 ConfigOption = Annotated[
     Path | None,
