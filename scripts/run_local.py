@@ -16,21 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from local_kafka import LocalKafka  # noqa: E402
+from local_platform import STRATEGIES, PlatformOptions, make_logger, platform  # noqa: E402
 from pipeline_monitor import (  # noqa: E402
     DecisionMonitor,
     PipelineMonitor,
@@ -38,183 +32,18 @@ from pipeline_monitor import (  # noqa: E402
     format_snapshot,
 )
 
-from services.common.config import PlatformConfig, dump_config, load_config  # noqa: E402
-from services.common.kafka.clients import make_admin  # noqa: E402
-from services.common.kafka.topics import ensure_topics, pipeline_topics  # noqa: E402
-
-VAR = ROOT / "var" / "local"
+log = make_logger("run-local")
 
 
-def log(message: str) -> None:
-    print(f"[run-local] {message}", file=sys.stderr, flush=True)
-
-
-class ServiceProcess:
-    """A platform service (`anomaly <command>`) as a child process in its own session."""
-
-    def __init__(self, name: str, args: list[str], log_file: Path) -> None:
-        self.name = name
-        self.log_file = log_file
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_file.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", *args],
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def check_alive(self) -> None:
-        code = self.proc.poll()
-        if code is not None:
-            tail = self.log_file.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.name} exited with {code}; log tail:\n{tail}")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name} did not stop in {timeout:.0f} s; killing it")
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
-
-
-def wait_ready(url: str, service: ServiceProcess, timeout: float = 120.0) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        service.check_alive()
-        with (
-            contextlib.suppress(urllib.error.URLError, OSError),
-            urllib.request.urlopen(url, timeout=1.0) as response,
-        ):
-            if response.status == 200:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"{service.name} not ready after {timeout:.0f} s ({url})")
-
-
-LOCAL_ROUTING_KEY = "local" * 6 + "ab"
-"""32 characters, like a real Events API v2 integration key; only the local receiver sees it."""
-MODELS_HTTP, MODELS_GRPC = 8100, 8101
-"""One model server serves all three models locally; the endpoints of the config point to it."""
-
-
-def local_config(bootstrap: str, args: argparse.Namespace, receiver_url: str) -> PlatformConfig:
-    """The embedded defaults, pointed at the local broker; written to var/ for the services."""
-    shipped = ROOT / "config/platform.yaml"
-    base = dump_config(load_config(shipped if shipped.exists() else None))
-    base["kafka"]["bootstrap_servers"] = bootstrap
-    base["ingest"]["ops_port"] = args.ops_port
-    base["feast"]["online_store"] = {"type": "sqlite", "path": str(VAR / "online_store.db")}
-    base["feast"]["registry_path"] = str(VAR / "registry.db")
-    base["model_store"]["path"] = str(ROOT / "model_store")
-    endpoint = {
-        "rest_url": f"http://127.0.0.1:{MODELS_HTTP}",
-        "grpc_target": f"127.0.0.1:{MODELS_GRPC}",
-        "timeout_ms": 2_000,
-    }
-    base["serving"]["endpoints"] = dict.fromkeys(
-        ("isolation_forest", "xgboost", "transformer"), endpoint
+def options(args: argparse.Namespace) -> PlatformOptions:
+    """The main job's ports and folders (README defaults unless given)."""
+    return PlatformOptions(
+        kafka_port=args.port,
+        ops_port=args.ops_port,
+        receiver_port=args.receiver_port,
+        train_events=args.train_events,
+        strategy=args.strategy,
     )
-    base["ensemble"]["strategy"] = args.strategy
-    base["alerts"]["outbox_path"] = str(VAR / "outbox.db")
-    # Secrets never go into files (a dump masks them): the services get the routing key from
-    # the environment, as a pod gets it from its Secret.
-    os.environ.setdefault("ANOMALY_ALERTS__ROUTING_KEY", LOCAL_ROUTING_KEY)
-    base["alerts"]["sinks"] = [
-        {"type": "pagerduty", "url": f"{receiver_url}/v2/enqueue", "group_window_s": 60},
-        {"type": "kafka"},
-    ]
-    return PlatformConfig(**base)
-
-
-def ensure_models(config_file: Path, cfg: PlatformConfig, events: int) -> None:
-    """Train and register the three models when the registry has none (first run)."""
-    from models.registry import Registry
-    from services.common.model_names import ModelName
-
-    registry = Registry(cfg.model_store.path)
-    missing = [m.value for m in ModelName if registry.latest(m) is None]
-    if not missing:
-        found = ", ".join(f"{m.value} v{registry.resolve(m)}" for m in ModelName)
-        log(f"models found in {registry.root}: {found}")
-        return
-    log(f"no registered {', '.join(missing)}: training on {events:,} generated events (once)")
-    subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "train", "-c", str(config_file),
-         "--events", str(events)],
-        cwd=ROOT, check=True,
-    )  # fmt: skip
-
-
-@contextlib.contextmanager
-def platform(args: argparse.Namespace) -> Iterator[tuple[PlatformConfig, Path]]:
-    """Broker, topics, feature store and ingest service; torn down in reverse order."""
-    from services.router.alerts.pagerduty_receiver import ReceiverServer
-
-    broker = LocalKafka(port=args.port)
-    started_broker = not broker.is_answering()
-    bootstrap = broker.start()
-    services: list[ServiceProcess] = []
-    receiver = ReceiverServer(port=args.receiver_port).start()
-    try:
-        cfg = local_config(bootstrap, args, receiver.url)
-        config_file = VAR / "platform.yaml"
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
-        outcomes = ensure_topics(make_admin(cfg.kafka), pipeline_topics(cfg.kafka.topics))
-        log("topics: " + ", ".join(f"{o.name} ({o.status})" for o in outcomes))
-
-        from services.common.feast_store import apply
-
-        apply(cfg.feast)
-        log(f"feast definitions applied (SQLite online store {cfg.feast.online_store})")
-
-        ensure_models(config_file, cfg, args.train_events)
-        log(f"PagerDuty receiver on {receiver.url} (GET /v2/incidents)")
-        models = ServiceProcess(
-            "model server",
-            ["serve", "isolation_forest,xgboost,transformer", "-c", str(config_file),
-             "--http-port", str(MODELS_HTTP), "--grpc-port", str(MODELS_GRPC)],
-            VAR / "serve.log",
-        )  # fmt: skip
-        services.append(models)
-        wait_ready(f"http://127.0.0.1:{MODELS_HTTP}/v2/health/ready", models)
-        log(f"model server ready (V2 REST :{MODELS_HTTP}, gRPC :{MODELS_GRPC})")
-        ingest = ServiceProcess("ingest", ["ingest", "-c", str(config_file)], VAR / "ingest.log")
-        services.append(ingest)
-        wait_ready(f"http://127.0.0.1:{args.ops_port}/readyz", ingest)
-        log(
-            f"ingest ready: metrics http://127.0.0.1:{args.ops_port}/metrics, log {ingest.log_file}"
-        )
-        router = ServiceProcess(
-            "router",
-            ["router", "-c", str(config_file)],
-            VAR / "router.log",
-        )
-        services.append(router)
-        wait_ready(f"http://127.0.0.1:{cfg.router.http_port}/readyz", router)
-        log(
-            f"router ready: POST http://127.0.0.1:{cfg.router.http_port}/v1/score, "
-            f"gRPC :{cfg.router.grpc_port}, docs /docs, metrics /metrics; flags hot-reload "
-            f"from {config_file}"
-        )
-        yield cfg, config_file
-    finally:
-        for service in reversed(services):
-            log(f"stopping {service.name}")
-            service.stop()
-        receiver.stop()
-        if started_broker:
-            log("stopping the Kafka broker")
-            broker.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         help="events to train on when no model is registered",
     )  # fmt: skip
     parser.add_argument(
-        "--strategy", default="cascade", choices=["weighted", "k_of_n", "any", "all", "cascade"],
+        "--strategy", default="cascade", choices=STRATEGIES,
         help="ensemble strategy (cascade: the Transformer only where the others are unsure)",
     )  # fmt: skip
     parser.add_argument("--entities", type=int, default=5_000)
@@ -242,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from services.generator import GenerateRequest, Output, Progress, StreamSpec, generate
 
-    with platform(args) as (cfg, _config_file):
+    with platform(options(args)) as stack:
+        cfg = stack.config
         monitor = PipelineMonitor(cfg, f"http://127.0.0.1:{args.ops_port}/metrics").start()
         decisions = DecisionMonitor(cfg).start()
         done = threading.Event()

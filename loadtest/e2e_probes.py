@@ -1,0 +1,222 @@
+"""What the end-to-end benchmark watches while the stack runs: decisions, offsets, processes.
+
+Each probe records and nothing more (`e2e_metrics` turns the records into figures):
+
+* `ScoresReader` reads `scores` and `events.labels` from their ends, like any downstream
+  consumer, into a `DecisionLedger`;
+* `OffsetSampler` asks the broker, once a second, for the end offsets of the pipeline's
+  topics and the committed offsets of the ingest and router groups: throughput and
+  consumer lag measured from outside the services, from what is durable;
+* `ProcessTable` reads CPU time and peak RSS of each process (and its children) from
+  /proc, and the whole machine's busy CPU time from /proc/stat, so that the report can say
+  how much of the cores went to processes that are not part of the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import orjson
+from confluent_kafka import ConsumerGroupTopicPartitions, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from pipeline_monitor import TopicTail
+
+from loadtest.e2e_metrics import DecisionLedger, OffsetSample
+from services.common.config import PlatformConfig
+from services.common.kafka.clients import make_admin
+
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class ScoresReader(TopicTail):
+    """Decisions and labels into a ledger, from the current end of both topics."""
+
+    def __init__(self, config: PlatformConfig, ledger: DecisionLedger) -> None:
+        topics = config.kafka.topics
+        super().__init__(config, (topics.scores.name, topics.labels.name), "bench-scores")
+        self.ledger = ledger
+
+    def _handle(self, msgs: list[Message]) -> None:
+        read_ms = round(time.time() * 1000)
+        scores_topic = self._topics[0]
+        decisions = []
+        labels = []
+        for msg in msgs:
+            record = orjson.loads(msg.value() or b"")
+            if msg.topic() == scores_topic:
+                decisions.append(record)
+            else:
+                labels.append(record["event_id"])
+        with self._lock:
+            if decisions:
+                self.ledger.add_decisions(decisions, read_ms)
+            if labels:
+                self.ledger.add_labels(labels)
+
+    def decided(self) -> int:
+        """Distinct events decided so far."""
+        with self._lock:
+            return len(self.ledger.decided)
+
+
+class OffsetSampler:
+    """End offsets of topics and committed offsets of groups, sampled on a thread."""
+
+    def __init__(
+        self,
+        config: PlatformConfig,
+        topics: tuple[str, ...],
+        groups: Mapping[str, str],
+        interval_s: float = 1.0,
+    ) -> None:
+        """`groups`: consumer group -> the topic it consumes."""
+        self._admin: AdminClient = make_admin(config.kafka)
+        meta = self._admin.list_topics(timeout=10).topics
+        self._partitions = {t: sorted(meta[t].partitions) for t in {*topics, *groups.values()}}
+        self._topics = topics
+        self._groups = dict(groups)
+        self._interval = interval_s
+        self._started = time.monotonic()
+        self.samples: list[OffsetSample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-offsets", daemon=True)
+
+    def sample(self) -> OffsetSample:
+        """One sample now (also what the thread records)."""
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        request = {
+            TopicPartition(t, p): latest for t, parts in self._partitions.items() for p in parts
+        }
+        ends = {tp: f.result().offset for tp, f in self._admin.list_offsets(request).items()}
+        end = {t: 0 for t in self._partitions}
+        for tp, offset in ends.items():
+            end[tp.topic] += max(offset, 0)
+        committed = {}
+        for group, topic in self._groups.items():
+            parts = [TopicPartition(topic, p) for p in self._partitions[topic]]
+            futures = self._admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, parts)]
+            )
+            result = futures[group].result()
+            # No commit yet on a partition (offset < 0) means nothing of it is durable.
+            committed[group] = sum(max(tp.offset, 0) for tp in result.topic_partitions)
+        return OffsetSample(time.monotonic() - self._started, end, committed)
+
+    def start(self) -> Self:
+        """Record from now on; `t` of the samples counts from this call."""
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sampling (the samples stay)."""
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(self.sample())
+            self._stop.wait(self._interval)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _children(pid: int, exclude: Collection[int]) -> list[int]:
+    """Descendants of `pid` (a model server may fork workers), without the subtrees of the
+    `exclude`d processes, which are accounted for under their own names."""
+    by_parent: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
+            by_parent.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = [k for k in by_parent.get(todo.pop(), []) if k not in exclude]
+        out += kids
+        todo += kids
+    return out
+
+
+def cpu_seconds(pid: int, exclude: Collection[int] = ()) -> float:
+    """User + system CPU of a process and its live descendants (all threads)."""
+    total = 0.0
+    for p in [pid, *_children(pid, exclude)]:
+        fields = _stat_fields(p)
+        if fields is not None:
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def peak_rss_mb(pid: int, exclude: Collection[int] = ()) -> float:
+    """Peak resident memory (VmHWM) of a process plus that of its live descendants."""
+    total_kb = 0
+    for p in [pid, *_children(pid, exclude)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields[:8]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / TICK
+
+
+@dataclass
+class ProcessUsage:
+    """CPU seconds over the measured window and peak RSS of one process."""
+
+    cpu_s: float
+    peak_rss_mb: float
+
+
+class ProcessTable:
+    """CPU at the start and end of the window, peak RSS sampled until the end."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._pids = dict(pids)
+        self._cpu0 = {name: self._cpu(pid) for name, pid in self._pids.items()}
+        self._peak = {name: 0.0 for name in self._pids}
+        self.machine0 = machine_busy_seconds()
+
+    def _cpu(self, pid: int) -> float:
+        return cpu_seconds(pid, set(self._pids.values()) - {pid})
+
+    def add(self, name: str, pid: int) -> None:
+        """A process that starts inside the window (its CPU counts from zero)."""
+        self._pids[name] = pid
+        self._cpu0[name] = 0.0
+        self._peak[name] = 0.0
+
+    def sample_memory(self) -> None:
+        """Peak RSS only grows; sampling keeps the value of processes that exit later."""
+        for name, pid in self._pids.items():
+            others = set(self._pids.values()) - {pid}
+            self._peak[name] = max(self._peak[name], peak_rss_mb(pid, others))
+
+    def finish(self, exited_cpu: Mapping[str, float]) -> tuple[dict[str, ProcessUsage], float]:
+        """Usage per process (`exited_cpu` for those already reaped) and the machine's busy
+        CPU seconds over the window."""
+        self.sample_memory()
+        out = {}
+        for name, pid in self._pids.items():
+            end = exited_cpu[name] if name in exited_cpu else self._cpu(pid)
+            out[name] = ProcessUsage(round(end - self._cpu0[name], 1), round(self._peak[name], 1))
+        return out, machine_busy_seconds() - self.machine0
