@@ -1007,15 +1007,9 @@ def compare_gpu(
     """
     import onnxruntime as ort
 
-    from services.serving.runtime import ModelRunner, RuntimePolicy
+    from services.serving.runtime import CPU, CUDA, cuda_available, runs_fully_on_cuda
 
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:  # CUDA/cuDNN from the nvidia-* wheels, when installed that way
-        try:
-            preload()
-        except Exception as exc:
-            print(f"onnxruntime.preload_dlls() failed: {exc}", file=sys.stderr)
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    cuda = cuda_available()  # loads CUDA/cuDNN (preload_dlls) only with the GPU build
     if not cuda:
         print(
             "no CUDAExecutionProvider in this onnxruntime "
@@ -1033,15 +1027,22 @@ def compare_gpu(
         sample = inputs_for(model, data, max(batches))
         devices = [("cpu", False), ("cuda", True)] if cuda else [("cpu", False)]
         for device, use_cuda in devices:
-            runner = ModelRunner(model, RuntimePolicy("onnx", 0, 1, use_cuda))
-            whole = _fully_on_cuda(model) if use_cuda else None
+            # The session itself, not ModelRunner: the server keeps a model whose graph
+            # cannot run wholly on CUDA on the CPU, and this row measures why.
+            providers = (CUDA, CPU) if use_cuda else (CPU,)
+            session = model.onnx_session(threads=1, providers=providers)
+            whole = runs_fully_on_cuda(model) if use_cuda else None
+
+            def score(x: F32, session: Any = session, model: LoadedModel = model) -> None:
+                model.postprocess(session.run([model.onnx_output], {"features": x})[0])
+
             for batch in batches:
                 x = tile(sample, batch)
-                runner.score(x)
+                score(x)
                 latencies = []
                 deadline = time.perf_counter() + duration
                 while (start := time.perf_counter()) < deadline:
-                    runner.score(x)
+                    score(x)
                     latencies.append(time.perf_counter() - start)
                 lat_ms = [v * 1000 for v in latencies]
                 row = {
@@ -1063,21 +1064,6 @@ def compare_gpu(
     if not cuda:
         print("GPU: not measured (no CUDAExecutionProvider).")
     return out
-
-
-def _fully_on_cuda(model: LoadedModel) -> bool:
-    """Whether ONNX Runtime can place every node of the graph on CUDA (no CPU fallback)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    try:
-        ort.InferenceSession(
-            str(model.onnx_path), sess_options=options, providers=["CUDAExecutionProvider"]
-        )
-    except Exception:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- main

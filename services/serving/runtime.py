@@ -4,13 +4,19 @@ No runtime wins everywhere (MEASUREMENTS.md, one core): ONNX Runtime has the low
 cost (Isolation Forest 1,180 vs 215 rows/s at batch 1; XGBoost 112k vs 4.8k), while native
 scikit-learn and XGBoost `inplace_predict` are 2-4x faster from ~1,000 rows. So `auto` picks
 per batch by its row count. The Transformer always runs its ONNX export: it is as fast as
-torch on CPU and keeps torch out of serving images. On a GPU, every ONNX call goes to CUDA.
+torch on CPU and keeps torch out of serving images.
+
+On a GPU, a model whose whole ONNX graph can be placed on CUDA runs every batch there. The
+tree ensembles' operators (`ai.onnx.ml` TreeEnsemble*) have no CUDA kernels: inside a CUDA
+session they would run on ONNX Runtime's CPU kernels, slower than the native library at
+large batches, so those models keep the CPU policy. Nothing CUDA-related is loaded unless the
+installed onnxruntime is the GPU build (onnxruntime-gpu) and `serving.gpu` is `auto`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -26,11 +32,41 @@ log = logging.getLogger(__name__)
 Runtime = Literal["native", "onnx"]
 
 
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
 def cuda_available() -> bool:
-    """True when the installed onnxruntime can run on a CUDA GPU (onnxruntime-gpu + driver)."""
+    """True when the installed onnxruntime is the GPU build (onnxruntime-gpu).
+
+    Only then are CUDA and cuDNN loaded (`preload_dlls`, from NVIDIA's PyPI wheels when they
+    are installed that way): the CPU build never touches them.
+    """
     import onnxruntime as ort
 
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    if CUDA not in ort.get_available_providers():
+        return False
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # a system-wide CUDA may still be found by the provider
+            log.warning("onnxruntime.preload_dlls() failed: %s", exc)
+    return True
+
+
+def runs_fully_on_cuda(model: LoadedModel) -> bool:
+    """Whether ONNX Runtime places every node of `model`'s graph on CUDA (no CPU fallback)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    try:
+        ort.InferenceSession(str(model.onnx_path), sess_options=options, providers=[CUDA])
+    except Exception as exc:  # unsupported operators, or no usable GPU after all
+        log.info("%s stays on the CPU: %s", model.name.value, str(exc).splitlines()[0][:200])
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +100,19 @@ class ModelRunner:
 
     def __init__(self, model: LoadedModel, policy: RuntimePolicy) -> None:
         self.model = model
+        if policy.use_cuda and not runs_fully_on_cuda(model):
+            policy = replace(policy, use_cuda=False)
         self.policy = policy
-        providers = (
-            ("CUDAExecutionProvider", "CPUExecutionProvider")
-            if policy.use_cuda
-            else ("CPUExecutionProvider",)
-        )
+        providers = (CUDA, CPU) if policy.use_cuda else (CPU,)
         self._providers = providers
         # Load both runtimes up front: the first request must not pay for loading.
         self._session = model.onnx_session(threads=policy.threads, providers=providers)
+        if policy.use_cuda and self._session.get_providers()[0] != CUDA:
+            log.warning(
+                "%s: CUDA was chosen but ONNX Runtime runs it on %s",
+                model.name.value,
+                self._session.get_providers(),
+            )
         if policy.choose(model, 1 << 30) == "native" or policy.mode == "native":
             model.native()
         self._set_native_threads()

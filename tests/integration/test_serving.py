@@ -148,3 +148,68 @@ def test_concurrent_requests_are_batched(server: ModelServer) -> None:
     n_calls = total("anomaly_serving_batch_requests_count")
     n_requests = total("anomaly_serving_batch_requests_sum")
     assert n_requests > n_calls, "some requests shared a model call"
+
+
+def test_grpc_requests_write_no_log_line_each(server: ModelServer) -> None:
+    # The fixture's server logs at INFO, where KServe's gRPC interceptor writes one line per
+    # request unless the server filters it.
+    for _ in range(5):
+        grpc_infer(server, "xgboost", rows(1))
+    log = server.log.read_text()
+    assert "model loaded" in log or "Starting gRPC server" in log, "the log is being written"
+    assert "grpc method:" not in log
+
+
+CPU_ONLY_PROBE = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from models.registry import Registry
+from services.common.config.model import ServingConfig
+from services.common.model_names import ModelName
+from services.serving.runtime import ModelRunner, RuntimePolicy
+
+if "CUDAExecutionProvider" in ort.get_available_providers():
+    print("SKIP: this onnxruntime is the GPU build")
+    sys.exit(0)
+policy = RuntimePolicy.from_config(ServingConfig(gpu="auto"))
+assert not policy.use_cuda, policy
+registry = Registry(Path(sys.argv[1]))
+for name in ModelName:
+    model = registry.load(name)
+    runner = ModelRunner(model, policy)
+    shape = (4, model.sequence_length, 22) if model.sequence_length else (4, 22)
+    for rows in (1, 4096):
+        x = np.ones((rows, *shape[1:]), np.float32)
+        batch, runtime = runner.score(x)
+        assert len(batch.score) == rows
+    assert runner._session.get_providers() == ["CPUExecutionProvider"]
+loaded = [m for m in sys.modules if m.split(".")[0] in ("torch", "nvidia", "cupy", "tensorrt")]
+maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+cuda_libs = sorted({line.rsplit("/", 1)[-1] for line in maps.splitlines()
+                    if any(k in line for k in ("libcuda", "libcudart", "libcublas", "libcudnn",
+                                               "providers_cuda", "libnvrtc"))})
+print("modules", loaded, "libraries", cuda_libs)
+assert not loaded and not cuda_libs
+print("OK")
+"""
+
+
+def test_the_cpu_path_loads_no_cuda_code(model_store: Path) -> None:
+    """With the CPU build of onnxruntime, `gpu: auto` scores everything on the CPU and never
+    imports torch or any CUDA library (a fresh process, so the test session's torch from
+    training does not count)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", CPU_ONLY_PROBE, str(model_store)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    if result.stdout.startswith("SKIP"):
+        pytest.skip(result.stdout.strip())
+    assert result.stdout.strip().endswith("OK"), result.stdout

@@ -1,0 +1,203 @@
+"""DynamicBatcher: batches form while the model is busy, lone requests do not wait out a fixed
+window, tiny calls run on the event loop, results and errors reach every caller.
+
+Deterministic: a gate (threading.Event) holds the model call where an ordering matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from services.serving.batching import CallTimes, DynamicBatcher
+
+Rows = npt.NDArray[np.float32]
+
+
+class Model:
+    """Doubles its input; records each call's row count and thread; can be held at a gate."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.threads: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def run(self, x: Rows) -> Rows:
+        self.entered.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        self.calls.append(len(x))
+        self.threads.append(threading.current_thread().name)
+        out: Rows = x[:, 0] * 2
+        return out
+
+
+def split(result: Rows, start: int, stop: int) -> Rows:
+    return result[start:stop]
+
+
+def rows(n: int, first: float = 0.0) -> Rows:
+    return np.arange(first, first + n, dtype=np.float32).reshape(n, 1)
+
+
+def batcher(
+    model: Model,
+    *,
+    max_rows: int = 64,
+    max_delay_s: float = 0.002,
+    inline_max_s: float = 0.0002,
+) -> DynamicBatcher[Rows]:
+    return DynamicBatcher(
+        model.run, split, max_rows=max_rows, max_delay_s=max_delay_s, inline_max_s=inline_max_s
+    )
+
+
+async def wait_entered(model: Model) -> None:
+    while not model.entered.is_set():
+        await asyncio.sleep(0.001)
+
+
+def test_requests_that_arrive_while_the_model_is_busy_share_the_next_call() -> None:
+    async def scenario() -> list[Rows]:
+        model = Model()
+        b = batcher(model)
+        model.gate.clear()
+        first = asyncio.create_task(b.submit(rows(1)))
+        await wait_entered(model)  # the first call is running (held at the gate)
+        others = [asyncio.create_task(b.submit(rows(1, first=10 + i))) for i in range(5)]
+        await asyncio.sleep(0.01)  # all five are queued behind the running call
+        model.gate.set()
+        results = await asyncio.gather(first, *others)
+        assert model.calls == [1, 5]
+        await b.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert [r.tolist() for r in results] == [[0.0], [20.0], [22.0], [24.0], [26.0], [28.0]]
+
+
+def test_a_lone_request_does_not_wait_out_the_window_when_calls_are_quick() -> None:
+    async def scenario() -> None:
+        model = Model()
+        b = batcher(model, max_delay_s=30.0)
+        b.call_times.observe(1, 0.0001)  # one-row calls have been taking 100 us
+        # With a fixed 30 s window this would time out.
+        got = await asyncio.wait_for(b.submit(rows(1, first=4)), timeout=5)
+        assert got.tolist() == [8.0]
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_model_waits_for_company_up_to_the_bound() -> None:
+    async def scenario() -> None:
+        model = Model()
+        b = batcher(model, max_delay_s=0.5)
+        b.call_times.observe(1, 10.0)  # calls are expensive: waiting is worth it, up to 0.5 s
+        first = asyncio.create_task(b.submit(rows(1)))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(b.submit(rows(1, first=1)))
+        await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
+        assert model.calls == [2]
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_wait_is_bounded_by_the_call_time_and_max_delay() -> None:
+    model = Model()
+    b = batcher(model, max_delay_s=0.002)
+    loop = asyncio.new_event_loop()
+    try:
+        from services.serving.batching import _Pending
+
+        pending = _Pending(rows(1), loop.create_future(), enqueued=100.0)
+        assert b.wait_for_company(pending, 1) == 100.0  # never measured: no wait
+        b.call_times.observe(1, 0.0005)
+        assert b.wait_for_company(pending, 1) == pytest.approx(100.0005)
+        b.call_times.observe(64, 0.05)
+        assert b.wait_for_company(pending, 64) == pytest.approx(100.002)  # capped
+    finally:
+        loop.close()
+
+
+def test_quick_calls_run_on_the_event_loop_and_slow_ones_in_the_worker_thread() -> None:
+    async def scenario(inline_max_s: float) -> list[str]:
+        model = Model()
+        b = batcher(model, inline_max_s=inline_max_s)
+        for i in range(3):
+            assert (await b.submit(rows(1, first=i))).tolist() == [2.0 * i]
+        await b.close()
+        return model.threads
+
+    loop_thread = threading.current_thread().name
+    quick = asyncio.run(scenario(inline_max_s=60.0))
+    # The first call of a size is never inline (its cost is unknown), the next ones are.
+    assert quick[0].startswith("batcher") and quick[1:] == [loop_thread, loop_thread]
+    never = asyncio.run(scenario(inline_max_s=0.0))
+    assert all(name.startswith("batcher") for name in never)
+
+
+def test_batches_never_exceed_max_rows_and_every_row_comes_back() -> None:
+    async def scenario() -> list[Rows]:
+        model = Model()
+        b = batcher(model, max_rows=10)
+        model.gate.clear()
+        blocker = asyncio.create_task(b.submit(rows(1, first=-1)))
+        await wait_entered(model)
+        sizes = [4, 4, 4, 7, 3]
+        starts = np.cumsum([0, *sizes[:-1]]).tolist()
+        tasks = [
+            asyncio.create_task(b.submit(rows(n, first=s)))
+            for n, s in zip(sizes, starts, strict=True)
+        ]
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await blocker
+        results = await asyncio.gather(*tasks)
+        assert all(c <= 10 for c in model.calls)
+        assert sum(model.calls) == 1 + sum(sizes)
+        await b.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert np.concatenate(results).tolist() == [2.0 * v for v in range(22)]
+
+
+def test_an_error_reaches_every_caller_of_the_batch() -> None:
+    def broken(x: Rows) -> Rows:
+        raise RuntimeError(f"model failed on {len(x)} rows")
+
+    async def scenario() -> list[BaseException | Rows]:
+        b: DynamicBatcher[Rows] = DynamicBatcher(broken, split, max_rows=64, max_delay_s=0.5)
+        b.call_times.observe(1, 10.0)  # wait for company, so that both share the call
+        results = await asyncio.gather(b.submit(rows(1)), b.submit(rows(1)), return_exceptions=True)
+        await b.close()
+        return list(results)
+
+    results = asyncio.run(scenario())
+    assert [str(r) for r in results] == ["model failed on 2 rows"] * 2
+
+
+def test_call_times_are_kept_per_size_class() -> None:
+    times = CallTimes()
+    assert times.estimate(1) is None
+    times.observe(1, 0.001)
+    times.observe(1000, 0.5)
+    assert times.estimate(1) == pytest.approx(0.001)
+    assert times.estimate(1000) == pytest.approx(0.5)
+    assert times.estimate(600) == pytest.approx(0.5)  # same power of two
+    times.observe(1, 0.002)
+    assert 0.001 < (times.estimate(1) or 0) < 0.002  # smoothed, not replaced
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_rows"):
+        batcher(Model(), max_rows=0)
+    with pytest.raises(ValueError, match="negative"):
+        batcher(Model(), max_delay_s=-1.0)
