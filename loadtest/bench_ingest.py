@@ -8,6 +8,12 @@ and the CPU seconds of every process involved. Everything shares this machine's 
 broker, the generator, the ingest service and this reader; the table says so.
 
     python loadtest/bench_ingest.py --rate 50000 --seconds 60 --stores sqlite,redis
+
+`--replicas N` starts N ingest processes in one consumer group (the partitions, and their
+window state, are spread over them). `--baseline DIR` runs, for every store, the ingest service
+of another checkout first (e.g. `git archive <commit> | tar -x -C DIR`) and then this one, on
+the same broker with fresh topics, so that before/after are measured side by side under the same
+load on the shared cores; the report gives the ratios and the load average around each run.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from local_kafka import LocalKafka, free_port  # noqa: E402
 from local_redis import LocalRedis  # noqa: E402
-from pipeline_monitor import PipelineMonitor  # noqa: E402
+from pipeline_monitor import PipelineMonitor, scrape  # noqa: E402
 
 from services.common.config import PlatformConfig, dump_config  # noqa: E402
 from services.common.kafka.clients import make_admin  # noqa: E402
@@ -74,30 +80,48 @@ def run_one(
     broker_pid: int | None,
     redis: LocalRedis | None,
     args: argparse.Namespace,
+    variant: str = "current",
+    code_root: Path = ROOT,
 ) -> dict[str, Any]:
     work = ROOT / "var" / "bench"
     work.mkdir(parents=True, exist_ok=True)
     cfg = config_for(bootstrap, store, redis.url if redis else None, work)
     ensure_topics(make_admin(cfg.kafka), pipeline_topics(cfg.kafka.topics))
-    config_file = work / f"{cfg.ingest.group_id}.yaml"
-    config_file.write_text(yaml.safe_dump(dump_config(cfg)))
-    log = (work / f"{cfg.ingest.group_id}.log").open("wb")
     python = [sys.executable, "-m", "services.cli.main"]
-    ingest = subprocess.Popen(
-        [*python, "ingest", "-c", str(config_file), "--log-level", "WARNING"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    monitor = PipelineMonitor(cfg, f"http://127.0.0.1:{cfg.ingest.ops_port}/metrics")
+    replicas: list[tuple[subprocess.Popen[bytes], int]] = []
+    logs = []
+    load_before = os.getloadavg()
+    monitor = PipelineMonitor(cfg)
     try:
-        _wait_ready(cfg.ingest.ops_port, ingest)
+        for r in range(args.replicas):
+            # Same group and store, own ops port: replicas of one deployment.
+            replica_cfg = cfg.model_copy(
+                update={"ingest": cfg.ingest.model_copy(update={"ops_port": free_port()})}
+            )
+            config_file = work / f"{cfg.ingest.group_id}-{r}.yaml"
+            config_file.write_text(yaml.safe_dump(dump_config(replica_cfg)))
+            log = (work / f"{cfg.ingest.group_id}-{r}.log").open("wb")
+            logs.append(log)
+            proc = subprocess.Popen(
+                [*python, "ingest", "-c", str(config_file), "--log-level", "WARNING"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=code_root,  # `-m` imports the service from the checkout being measured
+                start_new_session=True,
+            )
+            replicas.append((proc, replica_cfg.ingest.ops_port))
+        for proc, port in replicas:
+            _wait_ready(port, proc)
         monitor.start()
-        pids = {"ingest": ingest.pid, "broker": broker_pid, "bench reader": os.getpid()}
+        pids: dict[str, int | None] = {
+            **{f"ingest{r}": p.pid for r, (p, _) in enumerate(replicas)},
+            "broker": broker_pid,
+            "bench reader": os.getpid(),
+        }
         cpu0 = {k: cpu_seconds(p) for k, p in pids.items() if p}
         print(
-            f"[bench] {store}: generating {args.rate:,.0f} events/s for {args.seconds:.0f} s",
+            f"[bench] {store} ({variant}, {args.replicas} replica(s)): generating "
+            f"{args.rate:,.0f} events/s for {args.seconds:.0f} s",
             file=sys.stderr,
         )
         gen = subprocess.Popen(
@@ -105,7 +129,7 @@ def run_one(
                 *python,
                 "generate",
                 "-c",
-                str(config_file),
+                str(work / f"{cfg.ingest.group_id}-0.yaml"),
                 "--to",
                 "kafka",
                 "--rate",
@@ -123,10 +147,12 @@ def run_one(
         started = time.monotonic()
         samples = []
         gen_cpu = 0.0
+        urls = [f"http://127.0.0.1:{port}/metrics" for _, port in replicas]
         while gen.poll() is None:
             time.sleep(2.0)
             gen_cpu = max(gen_cpu, cpu_seconds(gen.pid))
             snap = monitor.snapshot()
+            snap.consumer_lag = _lag(urls)
             samples.append(snap)
             print(
                 f"[bench] {store} t={snap.elapsed_s:5.1f}s features {snap.features_per_s:>9,.0f}/s"
@@ -144,8 +170,13 @@ def run_one(
         final = monitor.snapshot()
         lat = monitor.overall_latency()
         steady = [s.features_per_s for s in samples[2:-1]] or [s.features_per_s for s in samples]
+        cpu = {k: round(cpu1[k] - cpu0[k], 1) for k in cpu1}
+        ingest_cpu = sum(v for k, v in cpu.items() if k.startswith("ingest"))
         return {
             "store": store,
+            "variant": variant,
+            "code_root": str(code_root),
+            "replicas": args.replicas,
             "target_rate": args.rate,
             "seconds": args.seconds,
             "entities": args.entities,
@@ -155,21 +186,33 @@ def run_one(
             "sustained_features_per_s": sorted(steady)[len(steady) // 2] if steady else 0.0,
             "overall_features_per_s": final.features / elapsed,
             "event_to_features_ms": lat,
-            "final_consumer_lag": final.consumer_lag,
-            "cpu_seconds": {
-                **{k: round(cpu1[k] - cpu0[k], 1) for k in cpu1},
-                "generator": round(gen_cpu, 1),
-            },
+            "max_consumer_lag": max((s.consumer_lag or 0 for s in samples), default=0),
+            "final_consumer_lag": _lag(urls),
+            "cpu_seconds": {**cpu, "ingest": round(ingest_cpu, 1), "generator": round(gen_cpu, 1)},
+            "ingest_cpu_us_per_event": round(ingest_cpu / max(final.features, 1) * 1e6, 2),
+            "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
             "wall_seconds": round(elapsed, 1),
         }
     finally:
         monitor.stop()
-        ingest.terminate()
-        try:
-            ingest.wait(30)
-        except subprocess.TimeoutExpired:
-            ingest.kill()
-        log.close()
+        for proc, _ in replicas:
+            proc.terminate()
+        for proc, _ in replicas:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+
+
+def _lag(urls: list[str]) -> float | None:
+    """Consumer lag summed over the replicas (None while none reports it yet)."""
+    lags = [
+        scrape(u, {"anomaly_ingest_consumer_lag"}).get("anomaly_ingest_consumer_lag") for u in urls
+    ]
+    known = [lag for lag in lags if lag is not None]
+    return sum(known) if known else None
 
 
 def _generated_count(output: str) -> int:
@@ -199,21 +242,49 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 def table(results: list[dict[str, Any]]) -> str:
     rows = [
-        "| store | target/s | sustained features/s | overall/s | p50 ms | p99 ms | final lag "
-        "| CPU s (ingest / broker / generator / reader) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| store | variant | replicas | target/s | sustained features/s | overall/s | p50 ms "
+        "| p99 ms | max / final lag | ingest CPU µs/event "
+        "| CPU s (ingest / broker / generator / reader) | load avg before→after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lat = r["event_to_features_ms"]
         cpu = r["cpu_seconds"]
+        load = r["load_average_before_after"]
         rows.append(
-            f"| {r['store']} | {r['target_rate']:,.0f} | {r['sustained_features_per_s']:,.0f} | "
-            f"{r['overall_features_per_s']:,.0f} | {lat.get('p50', 0):,.0f} | "
-            f"{lat.get('p99', 0):,.0f} | "
-            f"{r['final_consumer_lag'] or 0:,.0f} | {cpu.get('ingest')} / {cpu.get('broker')} / "
-            f"{cpu.get('generator')} / {cpu.get('bench reader')} |"
+            f"| {r['store']} | {r['variant']} | {r['replicas']} | {r['target_rate']:,.0f} | "
+            f"{r['sustained_features_per_s']:,.0f} | {r['overall_features_per_s']:,.0f} | "
+            f"{lat.get('p50', 0):,.0f} | {lat.get('p99', 0):,.0f} | "
+            f"{r['max_consumer_lag'] or 0:,.0f} / {r['final_consumer_lag'] or 0:,.0f} | "
+            f"{r['ingest_cpu_us_per_event']} | {cpu.get('ingest')} / {cpu.get('broker')} / "
+            f"{cpu.get('generator')} / {cpu.get('bench reader')} | {load[0]} → {load[1]} |"
         )
     return "\n".join(rows)
+
+
+def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Current over baseline, per store (only when a baseline ran)."""
+    out = []
+    for r in results:
+        if r["variant"] != "current":
+            continue
+        base = next(
+            (b for b in results if b["store"] == r["store"] and b["variant"] == "baseline"), None
+        )
+        if base is None:
+            continue
+        out.append(
+            {
+                "store": r["store"],
+                "sustained_features_per_s": round(
+                    r["sustained_features_per_s"] / max(base["sustained_features_per_s"], 1), 2
+                ),
+                "ingest_cpu_per_event": round(
+                    r["ingest_cpu_us_per_event"] / max(base["ingest_cpu_us_per_event"], 1e-9), 2
+                ),
+            }
+        )
+    return out
 
 
 def main() -> int:
@@ -224,8 +295,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--entities", type=int, default=5_000)
     parser.add_argument("--stores", default="sqlite,redis")
+    parser.add_argument("--replicas", type=int, default=1, help="ingest processes in one group")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="checkout whose ingest service runs first, for a side-by-side comparison",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    if args.baseline is not None and not (args.baseline / "services" / "ingest").is_dir():
+        parser.error(f"--baseline {args.baseline} has no services/ingest (not a checkout?)")
 
     broker = LocalKafka(port=free_port())
     redis = LocalRedis(port=free_port()) if "redis" in args.stores else None
@@ -235,6 +315,18 @@ def main() -> int:
         if redis:
             redis.start()
         for store in args.stores.split(","):
+            if args.baseline is not None:
+                results.append(
+                    run_one(
+                        store.strip(),
+                        bootstrap,
+                        broker.pid(),
+                        redis,
+                        args,
+                        "baseline",
+                        args.baseline.resolve(),
+                    )
+                )
             results.append(run_one(store.strip(), bootstrap, broker.pid(), redis, args))
     finally:
         if redis:
@@ -245,6 +337,7 @@ def main() -> int:
         "benchmark": "ingest",
         "machine": f"{os.cpu_count()} cores; broker, generator, ingest and reader share them",
         "results": results,
+        "current_over_baseline": ratios(results),
     }
     print(json.dumps(report, indent=2))
     print()

@@ -162,6 +162,12 @@ BAD_CASES: list[tuple[str, bytes, str | None, str]] = [
         f"exceeds the {MAX_EVENT_BYTES}-byte limit",
     ),
     (
+        "kind is an object",  # unhashable: must not be looked up in a set of kinds
+        encode(with_(TRADE, kind={"name": "trade"})),
+        "kind",
+        "field 'kind' is {'name': 'trade'}, expected one of",
+    ),
+    (
         "metric without value",
         encode(with_(METRIC, value=_DROP)),
         "value",

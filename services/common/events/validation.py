@@ -272,7 +272,10 @@ def parse_event(raw: bytes) -> Event:
         if b"NaN" in raw or b"Infinity" in raw:
             hint = " (NaN and Infinity are not JSON numbers; send a finite value)"
         raise EventError(f"not valid JSON: {exc}{hint}") from None
-    if type(obj) is dict and obj.get("kind") in _FAST_KINDS:
+    # `kind` may be any JSON value, a list or an object included (unhashable): compare
+    # strings only, and leave everything else to the validator's message.
+    kind = obj.get("kind") if type(obj) is dict else None
+    if type(kind) is str and kind in _FAST_KINDS:
         fast = _fast_transaction(obj)
         if fast is not None:
             return fast

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.events import Event
+from services.common.events.columnar import Categorical, ParsedBatch
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -104,4 +105,46 @@ def columns_from_events(
         country=np.fromiter(
             (_hash_or_zero(e.get("country")) for e in events), dtype=np.int64, count=n
         ),
+    )
+
+
+def _hashed(column: Categorical) -> I64:
+    """Hash of each row's string (0 where absent), each distinct string hashed once."""
+    table = np.fromiter(map(_hash_or_zero, column.values), dtype=np.int64, count=len(column.values))
+    # Code -1 (absent) picks the appended 0.
+    return np.append(table, np.int64(0))[column.codes]
+
+
+def columns_from_parsed(
+    parsed: ParsedBatch,
+    partitions: npt.NDArray[np.integer] | None = None,
+    offsets: npt.NDArray[np.integer] | None = None,
+) -> EventColumns:
+    """Columns of a batch parsed by `parse_columns`; `partitions`/`offsets` are per message
+    of the whole batch (rejected ones included), picked at the valid events' positions.
+
+    The same columns `columns_from_events` builds from the same events (a test holds them
+    together), without a dict per event.
+    """
+    n = len(parsed)
+    pos = parsed.positions
+    return EventColumns(
+        entity_ids=parsed.entity_ids,
+        event_ids=parsed.event_ids,
+        partition=(
+            np.asarray(partitions, dtype=np.int32)[pos]
+            if partitions is not None
+            else np.full(n, -1, dtype=np.int32)
+        ),
+        offset=(
+            np.asarray(offsets, dtype=np.int64)[pos]
+            if offsets is not None
+            else np.full(n, -1, dtype=np.int64)
+        ),
+        ts=parsed.ts,
+        amount=parsed.amount,
+        quantity=parsed.quantity,
+        spread=parsed.spread,
+        counterparty=_hashed(parsed.counterparty),
+        country=_hashed(parsed.country),
     )
