@@ -160,7 +160,10 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path) -> 
 
 def stop(proc: subprocess.Popen[bytes]) -> int | None:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        if PROFILE:  # py-spy writes its stacks on SIGINT; the router stops on it too
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
@@ -206,6 +209,14 @@ def baseline_tree(rev: str) -> Path:
     return target
 
 
+def shipped_ensemble() -> dict[str, Any]:
+    """The vote settings shipped in config/platform.yaml (weights, thresholds, cascade band
+    from `anomaly evaluate`): they decide how many events alert and reach the Transformer."""
+    shipped = yaml.safe_load((ROOT / "config" / "platform.yaml").read_text())
+    ensemble: dict[str, Any] = shipped.get("ensemble", {})
+    return ensemble
+
+
 def router_config(
     bootstrap: str, prefix: str, features_topic: str, models: ModelServer, strategy: str,
     feast: dict[str, Any] | None,
@@ -224,13 +235,17 @@ def router_config(
     cfg: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap, "topics": topics},
         "serving": {"endpoints": endpoints},
-        "ensemble": {"strategy": strategy},
+        "ensemble": {**shipped_ensemble(), "strategy": strategy},
         "router": {"http_port": free_port(), "grpc_port": free_port()},
         "alerts": {"outbox_path": str(WORK / f"{prefix}-outbox.db")},
     }
     if feast is not None:
         cfg["feast"] = feast
     return cfg
+
+
+PROFILE: list[str] = []
+"""`py-spy record` prefix for the router (`--py-spy`): collapsed stacks next to its log."""
 
 
 def start_router(
@@ -241,8 +256,11 @@ def start_router(
     log = WORK / f"{prefix}.log"
     cwd = trees[build]
     env = {**os.environ, "PYTHONPATH": str(cwd)}
+    profile = (
+        [*PROFILE, "-o", str(WORK / f"{prefix}.stacks.txt"), "--"] if PROFILE else []
+    )  # fmt: skip
     proc = subprocess.Popen(
-        [*python_cmd(), "router", "-c", str(path), "--log-level", "WARNING", *args],
+        [*profile, *python_cmd(), "router", "-c", str(path), "--log-level", "WARNING", *args],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=cwd, env=env,
         start_new_session=True,
     )  # fmt: skip
@@ -657,9 +675,14 @@ def main() -> int:
         "--router-args", default="", help="extra `anomaly router` options for the current build"
     )
     parser.add_argument("--model-store", type=Path, default=None)
+    parser.add_argument(
+        "--py-spy", action="store_true", help="profile the router (collapsed stacks in var/bench)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()  # fmt: skip
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if args.py_spy:
+        PROFILE[:] = ["py-spy", "record", "--format", "raw", "--rate", "200", "--threads"]
 
     WORK.mkdir(parents=True, exist_ok=True)
     trees = {CURRENT: ROOT}

@@ -24,6 +24,20 @@ def router(
         typer.Option(help="Serve the REST and gRPC scoring doors (router.http_port/grpc_port)."),
     ] = True,
     group_id: Annotated[str, typer.Option(help="Consumer group on `features`.")] = "anomaly-router",
+    batch_max: Annotated[
+        int, typer.Option(min=1, help="Stream door: most feature vectors scored per batch.")
+    ] = 5_000,
+    batch_timeout_ms: Annotated[
+        int, typer.Option(min=1, help="Stream door: longest wait to fill a batch.")
+    ] = 50,
+    max_in_flight: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Stream door: batches produced but not yet acknowledged (and committed) "
+            "before it waits for the broker; bounds re-scoring after a crash.",
+        ),
+    ] = 4,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ...")] = "INFO",
 ) -> None:
     """The routing service: the `features` stream (decisions to `scores`, alerts through the
@@ -37,6 +51,10 @@ def router(
         configure_logging(log_level)
         from services.router.runner import run_router
 
-        run_router(cfg, resolve_config_path(config), stream=stream, doors=doors, group_id=group_id)
+        run_router(
+            cfg, resolve_config_path(config), stream=stream, doors=doors, group_id=group_id,
+            batch_max=batch_max, batch_timeout_s=batch_timeout_ms / 1000.0,
+            max_in_flight=max_in_flight,
+        )  # fmt: skip
 
     run_guarded(_run)

@@ -47,6 +47,7 @@ def run_router(
     group_id: str = "anomaly-router",
     batch_max: int = 5_000,
     batch_timeout_s: float = 0.05,
+    max_in_flight: int = 4,
 ) -> None:
     """The stream door (thread) and the REST and gRPC doors (main loop) until SIGTERM/SIGINT.
 
@@ -57,9 +58,14 @@ def run_router(
         run_router_stream(
             config, ops_host=config.router.host, ops_port=config.router.http_port,
             group_id=group_id, batch_max=batch_max, batch_timeout_s=batch_timeout_s,
+            max_in_flight=max_in_flight,
         )  # fmt: skip
         return
-    asyncio.run(_serve_doors(config, config_path, stream, group_id, batch_max, batch_timeout_s))
+    asyncio.run(
+        _serve_doors(
+            config, config_path, stream, group_id, batch_max, batch_timeout_s, max_in_flight
+        )
+    )
 
 
 async def _serve_doors(
@@ -69,6 +75,7 @@ async def _serve_doors(
     group_id: str,
     batch_max: int,
     batch_timeout_s: float,
+    max_in_flight: int,
 ) -> None:
     import uvicorn
 
@@ -87,6 +94,7 @@ async def _serve_doors(
         scorer = StreamScorer(
             config, live, lambda: make_core(live, metrics), delivery, metrics,
             group_id=group_id, batch_max=batch_max, batch_timeout_s=batch_timeout_s,
+            max_in_flight=max_in_flight,
         )  # fmt: skip
         thread = threading.Thread(target=scorer.run, name="stream-door", daemon=True)
         thread.start()
@@ -171,6 +179,7 @@ def run_router_stream(
     group_id: str = "anomaly-router",
     batch_max: int = 5_000,
     batch_timeout_s: float = 0.05,
+    max_in_flight: int = 4,
 ) -> None:
     """The stream door with alert delivery, until SIGTERM/SIGINT."""
     live = LiveConfig(config)
@@ -186,6 +195,7 @@ def run_router_stream(
         group_id=group_id,
         batch_max=batch_max,
         batch_timeout_s=batch_timeout_s,
+        max_in_flight=max_in_flight,
     )
 
     def live_check() -> tuple[bool, str]:

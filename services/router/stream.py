@@ -1,11 +1,18 @@
 """The stream door: `features` micro-batches in, every decision to `scores`, alerts to the outbox.
 
-Per batch (at-least-once, like ingest): consume up to `stream_batch_max` feature vectors, score
-them with batched model calls, produce one decision per event to `scores` (key = entity id,
-JSON), hand the alerts to the durable outbox (`AlertDelivery.enqueue` returns once they are on
-disk), and commit the offsets once every `scores` message of the batch is acknowledged.
-Consumers of `scores` and `alerts` tolerate duplicates: decisions carry the event id and the
-outbox drops an alert it already holds.
+At-least-once, like ingest: a batch's offsets are committed only once every `scores` message
+of it is acknowledged by the broker and its alerts are in the durable outbox
+(`AlertDelivery.enqueue` returns once they are on disk), and only together with every batch
+consumed before it (`inflight.InFlightBatches`). Consumers of `scores` and `alerts` tolerate
+duplicates: decisions carry the event id and the outbox drops an alert it already holds.
+
+Batches are pipelined, because one batch at a time leaves both processes idle half the time
+(the model server while the router encodes and waits for acks, the router while the models
+score): batch n+1 is consumed and its model calls are sent before batch n's decisions are
+encoded and produced, so the model server scores n+1 while the router works on n; batch n's
+acknowledgements arrive while later batches are scored. At most `max_in_flight` batches wait
+for acknowledgements; past that the door waits for the broker. Decisions are encoded for the
+whole batch at once (`decision_json`) and handed to librdkafka in one `produce_batch` call.
 """
 
 from __future__ import annotations
@@ -14,20 +21,40 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from services.common.config import PlatformConfig
-from services.common.features.messages import FeatureMessageError, decode_feature_messages
+from services.common.features.messages import (
+    FeatureBatch,
+    FeatureMessageError,
+    decode_feature_messages,
+)
 from services.common.kafka.clients import make_consumer, make_producer, split_consumed
 from services.router.alerts import AlertDelivery
-from services.router.core import LiveConfig, ScoringCore
-from services.router.metrics import RouterMetrics
+from services.router.core import LiveConfig, ScoredBatch, ScoringCore
+from services.router.decision_json import encode_decisions
+from services.router.inflight import DeliveryError, InFlightBatch, InFlightBatches
+from services.router.metrics import RouterMetrics, observe_many
 
 log = logging.getLogger(__name__)
+
+_QUEUE_FULL_WAIT_S = 0.01
+_FLUSH_TIMEOUT_S = 60.0
+
+
+@dataclass(slots=True)
+class _Consumed:
+    """A consumed batch on its way through the pipeline."""
+
+    features: FeatureBatch
+    inflight: InFlightBatch
+    started: float
+    scoring: asyncio.Task[ScoredBatch] | None = None
 
 
 class StreamScorer:
@@ -37,14 +64,17 @@ class StreamScorer:
         self,
         config: PlatformConfig,
         live: LiveConfig,
-        core_factory: Any,
+        core_factory: Callable[[], ScoringCore],
         delivery: AlertDelivery | None,
         metrics: RouterMetrics,
         *,
         group_id: str,
         batch_max: int,
         batch_timeout_s: float,
+        max_in_flight: int = 4,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.config = config
         self.live = live
         self.delivery = delivery
@@ -53,102 +83,186 @@ class StreamScorer:
         self._group_id = group_id
         self._batch_max = batch_max
         self._batch_timeout_s = batch_timeout_s
+        self._max_in_flight = max_in_flight
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._inflight = InFlightBatches()
+        self._topic = config.kafka.topics.features.name
+        self._scores = config.kafka.topics.scores.name
         self.error: str | None = None
         self.batches = 0
         self.decisions = 0
+        self.commits = 0
 
     def stop(self) -> None:
-        """Finish the current batch, commit and leave the group."""
+        """Finish the batches in hand, commit and leave the group."""
         self._stop.set()
 
     def ready(self) -> tuple[bool, str]:
         """Subscribed and consuming."""
         return (self._ready.is_set(), "consuming" if self._ready.is_set() else "starting")
 
+    # ------------------------------------------------------------------ lifecycle
+
     def run(self) -> None:
         """Consume until stop(); an output that cannot be made durable raises (no commit)."""
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        core: ScoringCore = self._core_factory()
-        topics = self.config.kafka.topics
+        core = self._core_factory()
         producer = make_producer(self.config.kafka, "router")
         consumer: Consumer = make_consumer(self.config.kafka, "router", self._group_id)
-        consumer.subscribe([topics.features.name])
+
+        def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
+            # Decisions handed to the producer are made durable and committed while the
+            # partitions are still ours; the batch being scored cannot be (it is not
+            # produced yet): its partitions are dropped and the next owner re-reads it.
+            try:
+                self._commit(producer, c, wait=True, drain=True)
+            except Exception:
+                log.exception("commit before revoke failed; the next owner re-scores more")
+            self._inflight.drop_partitions(tp.partition for tp in partitions)
+
+        def on_lost(_c: Consumer, partitions: list[TopicPartition]) -> None:
+            self._inflight.drop_partitions(tp.partition for tp in partitions)
+
+        consumer.subscribe([self._topic], on_revoke=on_revoke, on_lost=on_lost)
+        failed = False
         try:
-            while not self._stop.is_set():
-                msgs = consumer.consume(self._batch_max, timeout=self._batch_timeout_s)
-                self._ready.set()
-                if msgs:
-                    loop.run_until_complete(self._process(core, consumer, producer, msgs))
+            loop.run_until_complete(self._pipeline(core, consumer, producer))
         except Exception as exc:
+            failed = True
             self.error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            consumer.close()
-            producer.flush(30)
-            for client in core.clients.values():
-                loop.run_until_complete(client.close())
-            loop.close()
+            try:
+                if not failed:
+                    self._commit(producer, consumer, wait=True, drain=True)
+            finally:
+                consumer.close()
+                producer.flush(30)
+                for client in core.clients.values():
+                    loop.run_until_complete(client.close())
+                loop.close()
 
-    async def _process(
-        self, core: ScoringCore, consumer: Consumer, producer: Any, msgs: list[Message]
-    ) -> None:
+    # ------------------------------------------------------------------ the pipeline
+
+    async def _pipeline(self, core: ScoringCore, consumer: Consumer, producer: Producer) -> None:
+        scoring: _Consumed | None = None  # its model calls are in flight
+        while not self._stop.is_set():
+            # With a batch being scored, take only what is already fetched: waiting here
+            # would hold back that batch's decisions.
+            timeout = 0.0 if scoring is not None else self._batch_timeout_s
+            msgs = consumer.consume(self._batch_max, timeout=timeout)
+            self._ready.set()
+            following = self._start(core, msgs) if msgs else None
+            if following is not None and following.scoring is not None:
+                await asyncio.sleep(0)  # let its requests leave before this loop is busy
+            if scoring is not None:
+                await self._finish(scoring, producer)
+            scoring = following
+            producer.poll(0)
+            self._commit(producer, consumer)
+            await self._bound_in_flight(producer, consumer)
+        if scoring is not None:
+            await self._finish(scoring, producer)
+
+    def _start(self, core: ScoringCore, msgs: list[Message]) -> _Consumed | None:
+        """Decode a consumed batch, register it for commit, and start scoring it."""
         started = time.perf_counter()
-        topics = self.config.kafka.topics
         consumed = split_consumed(msgs, log)
-        values, commit_to = consumed.values, consumed.commit_to
+        if not consumed.commit_to:
+            return None
         keys = [(k or b"").decode() for k in consumed.keys]
-        if not values:
-            return
         try:
-            batch = decode_feature_messages(values, keys)
+            features = decode_feature_messages(consumed.values, keys)
         except FeatureMessageError:
-            batch = self._decode_each(values, keys)
-        if len(batch):
-            scored = await core.score(batch.event_ids, batch.entity_ids, batch.matrix, batch.ts)
-            failures: list[str] = []
+            features = self._decode_each(consumed.values, keys)
+        item = _Consumed(features, self._inflight.add(consumed.commit_to), started)
+        if len(features):
+            item.scoring = asyncio.ensure_future(
+                core.score(features.event_ids, features.entity_ids, features.matrix, features.ts)
+            )
+        else:
+            item.inflight.emitted = True  # nothing usable in it: committing it loses nothing
+        return item
 
-            def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-                if err is not None:
-                    failures.append(err.str())
-
-            for i in range(len(scored)):
-                record = scored.record(i)
-                while True:
-                    try:
-                        producer.produce(
-                            topics.scores.name,
-                            key=scored.entity_ids[i].encode(),
-                            value=orjson.dumps(record),
-                            on_delivery=on_delivery,
-                        )
-                        break
-                    except BufferError:
-                        producer.poll(0.01)
-            alerts = scored.alerts(self.live.get())
-            if alerts and self.delivery is not None:
-                self.delivery.enqueue(alerts)  # durable before the commit below
-                for alert in alerts:
-                    self.metrics.alerts.labels(anomaly_type=alert.anomaly_type.value).inc()
-            remaining = producer.flush(60)
-            if remaining or failures:
-                raise RuntimeError(
-                    f"{remaining} decisions unacknowledged, {len(failures)} failed; not committing"
-                )
-            now_ms = time.time() * 1000.0
-            for lag_ms in (now_ms - batch.ts.astype(np.float64)).tolist():
-                self.metrics.event_to_decision_seconds.observe(lag_ms / 1000.0)
-            self.decisions += len(scored)
-        consumer.commit(
-            offsets=[TopicPartition(topics.features.name, p, o) for p, o in commit_to.items()],
-            asynchronous=False,
-        )
+    async def _finish(self, item: _Consumed, producer: Producer) -> None:
+        """Produce the batch's decisions and put its alerts in the outbox."""
+        if item.scoring is None:
+            return
+        scored = await item.scoring
+        inflight = item.inflight
+        values = encode_decisions(scored)
+        keys = [e.encode() for e in scored.entity_ids]
+        self._produce(producer, [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)],
+                      inflight)  # fmt: skip
+        alerts = scored.alerts(self.live.get())
+        if alerts and self.delivery is not None:
+            self.delivery.enqueue(alerts)  # durable before this batch can be committed
+            for alert in alerts:
+                self.metrics.alerts.labels(anomaly_type=alert.anomaly_type.value).inc()
+        inflight.emitted = True
+        lag_s = time.time() - item.features.ts.astype(np.float64) / 1000.0
+        observe_many(self.metrics.event_to_decision_seconds, lag_s)
+        self.metrics.batch_seconds.observe(time.perf_counter() - item.started)
+        self.decisions += len(scored)
         self.batches += 1
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    def _decode_each(self, values: list[bytes], keys: list[str]) -> Any:
+    def _produce(
+        self, producer: Producer, messages: list[dict[str, Any]], inflight: InFlightBatch
+    ) -> None:
+        """All messages queued in librdkafka (waiting for room when its queue is full)."""
+        while messages:
+            inflight.pending += len(messages)
+            try:
+                queued = producer.produce_batch(
+                    self._scores, messages, on_delivery=inflight.on_delivery
+                )
+            except BufferError:
+                queued = 0
+                for m in messages:
+                    m["_error"] = "queue full"
+            if queued == len(messages):
+                return
+            refused = [m for m in messages if "_error" in m]
+            inflight.pending -= len(refused)  # those get no delivery report
+            errors = {str(m.pop("_error")) for m in refused}
+            if any("QUEUE_FULL" not in e and "queue full" not in e.lower() for e in errors):
+                raise DeliveryError(f"decisions not accepted by the producer: {sorted(errors)}")
+            producer.poll(_QUEUE_FULL_WAIT_S)
+            messages = refused
+
+    def _commit(
+        self, producer: Producer, consumer: Consumer, *, wait: bool = False, drain: bool = False
+    ) -> None:
+        """Commit the durable prefix; `drain` first waits for every acknowledgement."""
+        if drain:
+            remaining = producer.flush(_FLUSH_TIMEOUT_S)
+            if remaining:
+                raise DeliveryError(f"{remaining} decisions unacknowledged; not committing")
+        offsets = self._inflight.take_durable()
+        if not offsets:
+            return
+        tps = [TopicPartition(self._topic, p, o) for p, o in offsets.items()]
+        try:
+            if wait:
+                consumer.commit(offsets=tps, asynchronous=False)
+            else:
+                consumer.commit(offsets=tps, asynchronous=True)
+        except KafkaException as exc:
+            # A commit that fails only means re-delivery, which at-least-once allows.
+            log.warning("offset commit failed", extra={"error": str(exc)})
+            return
+        self.commits += 1
+
+    async def _bound_in_flight(self, producer: Producer, consumer: Consumer) -> None:
+        """At most `max_in_flight` batches wait for acknowledgements."""
+        while len(self._inflight) > self._max_in_flight:
+            producer.poll(_QUEUE_FULL_WAIT_S)
+            self._commit(producer, consumer)
+            await asyncio.sleep(0)
+
+    def _decode_each(self, values: list[bytes], keys: list[str]) -> FeatureBatch:
         """Skip (and log) the unusable messages of a batch instead of stalling on them."""
         good_values, good_keys = [], []
         for value, key in zip(values, keys, strict=True):
