@@ -138,20 +138,26 @@ def _hosts(environment: Environment, **_kwargs: Any) -> None:
         RestScoringUser.host = options.router_url
 
 
-def _final_csv_rows(**_kwargs: Any) -> None:
-    """Locust's `--csv` writer rewrites its files once a second and not at exit, so batches
-    acknowledged while the users stopped (their `on_stop` flushes the producer) would be
-    missing from the files; waiting one interval after the users stopped lets it write them."""
+def _final_csv_rows(environment: Environment, **_kwargs: Any) -> None:
+    """Locust's `--csv` writer rewrites its files once a second and not at exit, so the last
+    batches (acknowledged while the users stopped: their `on_stop` flushes the producer)
+    would be missing from the files; waiting one interval before the exit lets it write them.
+
+    A worker of `--processes` has nothing to wait for: its final report goes to the master
+    as soon as its users stopped (and the master waits only 0.5 s for it).
+    """
+    from locust.runners import WorkerRunner
     from locust.stats import CSV_STATS_INTERVAL_SEC
 
-    gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.2)
+    if not isinstance(environment.runner, WorkerRunner):
+        gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.2)
 
 
 _hooks: Any = events
 """Locust's event hooks are untyped; listeners are registered through this name."""
 _hooks.init_command_line_parser.add_listener(_arguments)
 _hooks.init.add_listener(_hosts)
-_hooks.test_stop.add_listener(_final_csv_rows)
+_hooks.quitting.add_listener(_final_csv_rows)
 
 
 def report(environment: Environment, **request: Any) -> None:
