@@ -27,6 +27,7 @@ from services.common.config import PlatformConfig
 from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
 from services.router.alerts import Alert, severity_for
+from services.router.decision_json import explanations
 from services.router.metrics import RouterMetrics
 from services.router.model_clients import ModelCallError, ModelOutput, V2ModelClient
 
@@ -85,28 +86,40 @@ class ScoredBatch:
         }
 
     def alerts(self, config: PlatformConfig) -> list[Alert]:
-        """Alert objects for the decisions flagged `alert`."""
-        out = []
+        """Alert objects for the decisions flagged `alert` (columns read once, not per alert:
+        a burst of anomalies must not stall the stream)."""
         d = self.decision
-        for i in np.flatnonzero(self.alert).tolist():
-            code = int(d.anomaly_type[i])
+        rows = np.flatnonzero(self.alert)
+        if rows.size == 0:
+            return []
+        codes = d.anomaly_type[rows].tolist()
+        raw = d.score[rows]
+        scores = np.nan_to_num(raw, nan=0.0).tolist()
+        thresholds = d.threshold[rows].tolist()
+        degraded = d.degraded[rows].tolist()
+        ts = self.ts[rows].tolist()
+        model_scores = {m.value: v[rows].tolist() for m, v in d.scores.items()}
+        texts = explanations(d, rows)
+        out = []
+        for j, i in enumerate(rows.tolist()):
+            code = codes[j]
             kind = TYPES[code] if code >= 0 else AnomalyType.PRICE_SPIKE
-            score = float(np.nan_to_num(d.score[i], nan=0.0))
+            score = scores[j]
             out.append(
                 Alert(
                     event_id=self.event_ids[i],
                     entity_id=self.entity_ids[i],
                     anomaly_type=kind,
                     score=min(max(score, 0.0), 1.0),
-                    threshold=float(d.threshold[i]),
+                    threshold=thresholds[j],
                     model_scores={
-                        m.value: float(v[i]) for m, v in d.scores.items() if not np.isnan(v[i])
+                        m: values[j] for m, values in model_scores.items() if values[j] == values[j]
                     },
                     severity=severity_for(score, kind, config.alerts),
-                    event_ts=int(self.ts[i]),
+                    event_ts=ts[j],
                     decided_at=self.decided_at_ms,
                     explanation={
-                        "summary": d.decision(i).explanation,
+                        "summary": texts[j],
                         "type_known": code >= 0,
                         "top_features": [
                             {"feature": n, "z": round(z, 3)} for n, z in self.top_features[i]
@@ -114,7 +127,7 @@ class ScoredBatch:
                         if self.top_features
                         else [],
                     },
-                    degraded=bool(d.degraded[i]),
+                    degraded=degraded[j],
                 )
             )
         return out

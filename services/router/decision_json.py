@@ -12,7 +12,6 @@ holds it to that), so every consumer of `scores` reads what it read before.
 
 from __future__ import annotations
 
-import math
 from itertools import chain
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Final
@@ -44,56 +43,62 @@ def _rounded(values: npt.NDArray[np.float64], digits: int) -> list[str]:
     return text
 
 
-def explanations(d: BatchDecision) -> list[str]:
-    """`d.decision(i).explanation` for every event, column-wise (same text, character for
-    character: the evaluation and the decisions must not disagree)."""
-    n = len(d)
+_KIND_TEXT: Final = (
+    " (threshold for unknown type)",
+    *(f" (threshold for {t.value})" for t in TYPES),
+)
+"""The head's type clause by anomaly-type code + 1."""
+
+
+def _number_or_missing(values: npt.NDArray[np.float64], prefix: str, suffix: str) -> list[str]:
+    text = (f"{prefix}%.4f{suffix}\n" * values.size % tuple(values.tolist())).split("\n")
+    text = text[: values.size]
+    nan = np.flatnonzero(np.isnan(values)).tolist()
+    for i in nan:
+        text[i] = f"{prefix}missing{suffix}"
+    return text
+
+
+def explanations(d: BatchDecision, rows: npt.NDArray[np.intp] | None = None) -> list[str]:
+    """`d.decision(i).explanation` for every event (or those in `rows`), column-wise: the
+    same text, character for character, so the evaluation and the live decisions never
+    disagree (a test compares them)."""
+    pick: npt.NDArray[np.intp] | slice = slice(None) if rows is None else rows
     strategy = d.strategy
-    scores = d.score.tolist()
-    thresholds = d.threshold.tolist()
-    anomalous = d.anomalous.tolist()
-    kinds = [
-        f" (threshold for {TYPES[c].value if c >= 0 else 'unknown type'})"
-        for c in d.anomaly_type.tolist()
-    ]
+    score = d.score[pick]
+    kinds = [_KIND_TEXT[c + 1] for c in d.anomaly_type[pick].tolist()]
     heads = [
-        f"{strategy}: no model score{k}"
-        if math.isnan(s)
-        else f"{strategy} score {s:.4f} {'>=' if a else '<'} {t:.4f}{k}"
-        for s, t, a, k in zip(scores, thresholds, anomalous, kinds, strict=True)
-    ]
+        f"{strategy} score {s:.4f} {'>=' if a else '<'} {t:.4f}{k}"
+        for s, t, a, k in zip(score.tolist(), d.threshold[pick].tolist(),
+                              d.anomalous[pick].tolist(), kinds, strict=True)
+    ]  # fmt: skip
+    for i in np.flatnonzero(np.isnan(score)).tolist():
+        heads[i] = f"{strategy}: no model score{kinds[i]}"
     weighted = strategy in ("weighted", "cascade")
     parts: list[list[str]] = []
-    missing: list[list[bool]] = []
+    missing: list[tuple[str, npt.NDArray[np.bool_]]] = []
     for m in (*d.voters, *d.shadows):
-        values = d.scores[m].tolist()
+        values = d.scores[m][pick]
         if m in d.shadows:
-            suffix = " shadow"
-        elif weighted:
-            suffix = f" w={d.weights[m]:g}"
-        else:
-            suffix = ""
-        prefix = f"{m.value}="
-        if m in d.voters:
-            needed = d.needed[m].tolist()
-            parts.append([
-                prefix + ("missing" if math.isnan(v) else f"{v:.4f}") + suffix
-                + ("" if need else " not needed")
-                for v, need in zip(values, needed, strict=True)
-            ])  # fmt: skip
-            missing.append([need and math.isnan(v) for v, need in zip(values, needed, strict=True)])
-        else:
-            parts.append(
-                [prefix + ("missing" if math.isnan(v) else f"{v:.4f}") + suffix for v in values]
-            )
-    voters = [m.value for m in d.voters]
-    out = []
-    for i in range(n):
-        text = heads[i] + "; " + ", ".join(p[i] for p in parts)
-        absent = [name for name, miss in zip(voters, missing, strict=True) if miss[i]]
-        if absent:
-            text += "; degraded, missing: " + ", ".join(absent)
-        out.append(text)
+            parts.append(_number_or_missing(values, f"{m.value}=", " shadow"))
+            continue
+        suffix = f" w={d.weights[m]:g}" if weighted else ""
+        column = _number_or_missing(values, f"{m.value}=", suffix)
+        needed = d.needed[m][pick]
+        for i in np.flatnonzero(~needed).tolist():
+            column[i] += " not needed"
+        parts.append(column)
+        missing.append((m.value, needed & np.isnan(values)))
+    if parts:
+        out = [h + "; " + ", ".join(p) for h, p in zip(heads, zip(*parts, strict=True),
+                                                      strict=True)]  # fmt: skip
+    else:
+        out = [h + "; " for h in heads]
+    degraded = np.zeros(len(out), dtype=np.bool_)
+    for _, miss in missing:
+        degraded |= miss
+    for i in np.flatnonzero(degraded).tolist():
+        out[i] += "; degraded, missing: " + ", ".join(name for name, miss in missing if miss[i])
     return out
 
 
@@ -141,7 +146,8 @@ def encode_decisions(batch: ScoredBatch) -> list[bytes]:
         [_TYPE_JSON[c + 1] for c in d.anomaly_type.tolist()],
         [_BOOL[g] for g in d.degraded.tolist()],
         *(_rounded(d.scores[m], 6) for m in names),
-        map(encode_basestring, explanations(d)),
+        # Explanations hold only model and type names, numbers and fixed words: no escaping.
+        [f'"{text}"' for text in explanations(d)],
         tops,
     )
     # One format over the whole batch, split on newlines: JSON text made by encode_basestring

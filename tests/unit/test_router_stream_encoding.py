@@ -16,9 +16,12 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from models.ensemble import decide_batch
+from services.common.anomaly_types import AnomalyType
+from services.common.config import PlatformConfig
 from services.common.config.model import EnsembleConfig, FeatureFlags, ModelFlag
 from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
+from services.router.alerts import severity_for
 from services.router.core import ScoredBatch
 from services.router.decision_json import encode_decisions, explanations
 from services.router.metrics import observe_many
@@ -123,3 +126,26 @@ def test_observe_many_exposes_what_observe_does() -> None:
     assert want.keys() == got.keys()
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-9), key
+
+
+@pytest.mark.parametrize("strategy", ["weighted", "cascade"])
+def test_alerts_carry_the_decisions_of_their_events(strategy: str) -> None:
+    scored = batch(strategy, 1, flags=SHADOW)
+    d = scored.decision
+    config = PlatformConfig()
+    alerts = scored.alerts(config)
+    rows = np.flatnonzero(scored.alert).tolist()
+    assert rows and [a.event_id for a in alerts] == [scored.event_ids[i] for i in rows]
+    for alert, i in zip(alerts, rows, strict=True):
+        one = d.decision(i)
+        assert alert.explanation["summary"] == one.explanation
+        assert alert.threshold == one.threshold
+        assert alert.score == min(max(np.nan_to_num(one.score, nan=0.0), 0.0), 1.0)
+        assert alert.anomaly_type == (one.anomaly_type or AnomalyType.PRICE_SPIKE)
+        assert alert.explanation["type_known"] is (one.anomaly_type is not None)
+        assert alert.degraded is one.degraded
+        assert alert.event_ts == int(scored.ts[i])
+        assert alert.model_scores == {
+            m.value: float(v[i]) for m, v in d.scores.items() if not np.isnan(v[i])
+        }
+        assert alert.severity == severity_for(alert.score, alert.anomaly_type, config.alerts)
