@@ -162,6 +162,7 @@ def drive(stack: RunningPlatform, args: argparse.Namespace) -> dict[str, Any]:
         table.sample_memory()
         time.sleep(0.25)
     drained = time.monotonic()
+    complete = reader.decided() >= events_in
     # The outbox dispatcher sends what the last decisions raised within a second or two.
     alerts_seen, settle_deadline = -1, time.monotonic() + 10
     while time.monotonic() < settle_deadline:
@@ -185,6 +186,7 @@ def drive(stack: RunningPlatform, args: argparse.Namespace) -> dict[str, Any]:
         "started_wall": started_wall,
         "generator_s": generator_done - started,
         "drain_s": drained - generator_done,
+        "drain_complete": complete,
         "window_s": time.monotonic() - started,
         "usage": usage,
         "machine_busy": machine_busy,
@@ -265,6 +267,7 @@ def build_report(raw: dict[str, Any], args: argparse.Namespace, load_before: tup
             "sustained_decisions_per_s": round(sustained_decisions),
             "overall_decisions_per_s": round(det.decided / span_s) if span_s > 0 else 0,
             "drain_s": round(raw["drain_s"], 1),
+            "drain_complete": raw["drain_complete"],
         },
         "latency_ms": {
             "event_to_decision": lat_decided,

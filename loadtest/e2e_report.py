@@ -37,7 +37,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"| decisions out (distinct event ids) / records | {ev['decided_distinct']:,} / "
         f"{ev['decision_records']:,} (duplicates {ev['duplicates']:,}, degraded "
         f"{ev['degraded']:,}) |",
-        f"| **lost** (events in - distinct decided) | **{ev['lost']:,}** |",
+        f"| **lost** (events in - distinct decided) | **{ev['lost']:,}**"
+        + ("" if tp["drain_complete"] else " (the drain stopped first: not decided in time)")
+        + " |",
         f"| sustained events / features / decisions per s (median, t = "
         f"{tp['window_s'][0]:.0f}-{tp['window_s'][1]:.0f} s) | {tp['sustained_events_per_s']:,.0f}"
         f" / {tp['sustained_features_per_s']:,.0f} / {tp['sustained_decisions_per_s']:,.0f} |",

@@ -201,7 +201,7 @@ def test_report_table_and_plots_from_recorded_run(tmp_path: Path) -> None:
         "ledger": ledger, "samples": series, "before": OffsetSample(0, dict.fromkeys(names, 0),
         {"ingest": 0, "anomaly-router": 0}), "generated": 6_000, "injected": 2,
         "achieved": 1_000.0, "events_in": 6_000, "started_wall": START / 1000,
-        "generator_s": 6.0, "drain_s": 1.5, "window_s": 8.0, "usage": usage,
+        "generator_s": 6.0, "drain_s": 1.5, "drain_complete": True, "window_s": 8.0, "usage": usage,
         "machine_busy": 10.0, "load_at_start": (1.0, 1.0, 1.0), "alerts": list(state.events),
         "router_group": "anomaly-router", "ingest_group": "ingest", "topics": topics,
     }  # fmt: skip
