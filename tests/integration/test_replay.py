@@ -338,3 +338,32 @@ def test_cli_replays_writes_the_summary_json_and_refuses_mistakes(
     mode = cli.invoke(app, ["replay", str(stream.events), "--out", str(out),
                             "--models", "laptop", "-c", str(config)])  # fmt: skip
     assert mode.exit_code == 2 and "served or registry" in mode.output
+
+
+def test_strategy_and_flags_of_the_configuration_decide(
+    stream: Stream,
+    model_store: Path,
+    registry_run: tuple[ReplaySummary, list[dict[str, Any]]],
+    tmp_path: Path,
+) -> None:
+    alerting = sorted({d["entity_id"] for d in registry_run[1] if d["alert"]})
+    suppressed = alerting[0]
+    config = tmp_path / "platform.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_store": {"path": str(model_store)},
+        "ensemble": {"strategy": "cascade", "cascade": {"uncertain_low": 0.5,
+                                                        "uncertain_high": 0.99}},
+        "flags": {"models": {"isolation_forest": {"enabled": False}},
+                  "suppressed_entities": [suppressed]},
+    }))  # fmt: skip
+    out = tmp_path / "cascade.jsonl"
+    summary = run_replay(ReplayRequest(stream.events, out, models="registry"), load_config(config))
+    decisions = _read_jsonl(out)
+    assert summary.decisions == EVENTS and summary.degraded == 0
+    assert {d["strategy"] for d in decisions} == {"cascade"}
+    assert all(d["model_scores"]["isolation_forest"] is None for d in decisions)  # not called
+    assert all("isolation_forest" not in d["model_versions"] for d in decisions)
+    asked = [d["model_scores"]["transformer"] is not None for d in decisions]
+    assert 0 < sum(asked) < len(decisions)  # only the uncertain band went to the Transformer
+    mine = [d for d in decisions if d["entity_id"] == suppressed]
+    assert mine and not any(d["alert"] for d in mine)
