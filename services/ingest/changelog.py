@@ -23,10 +23,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from services.common.events import parse_batch
-from services.common.features.columns import columns_from_events
+from services.common.events.columnar import parse_columns
+from services.common.features.columns import columns_from_parsed
 from services.common.features.engine import FeatureEngine
 from services.common.kafka.clients import coordinates
 
@@ -65,8 +66,6 @@ class StateChangelog:
         `positions` maps partition -> next `events` offset; every event before it must already
         be applied to the state being written.
         """
-        import numpy as np
-
         records = engine.export_state(np.fromiter(slots, dtype=np.int64))
         failures: list[str] = []
 
@@ -229,14 +228,14 @@ class StateChangelog:
                         del todo[partition]
                 if not values:
                     continue
-                events, positions, _rejected = parse_batch(values)
-                engine.process(
-                    columns_from_events(
-                        events, [parts[i] for i in positions], [offsets[i] for i in positions]
-                    )
-                )
-                for i in positions:
-                    replayed[parts[i]] += 1
+                # The same parser as the live path, so a replay rebuilds exactly its state.
+                parsed = parse_columns(values)
+                part_arr = np.asarray(parts, dtype=np.int32)
+                engine.process(columns_from_parsed(parsed, part_arr, np.asarray(offsets)))
+                for partition, count in zip(
+                    *np.unique(part_arr[parsed.positions], return_counts=True), strict=True
+                ):
+                    replayed[int(partition)] += int(count)
             return replayed
         finally:
             consumer.close()

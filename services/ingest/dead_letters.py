@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -44,7 +45,12 @@ def send_dead_letter(
     offset: int,
     on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
 ) -> None:
-    """Produce one dead letter; the batch is committed only once `on_delivery` confirmed it."""
+    """Produce one dead letter; the batch is committed only once the broker acknowledged it.
+
+    Without `on_delivery` the producer's own delivery callback reports a failure (the ingest
+    service's producer reports failures only and counts acknowledgements by its queue).
+    """
+    callback: dict[str, Any] = {"on_delivery": on_delivery} if on_delivery is not None else {}
     while True:
         try:
             producer.produce(
@@ -52,7 +58,7 @@ def send_dead_letter(
                 value=rejected.raw,
                 key=key,
                 headers=dead_letter_headers(rejected, source_topic, partition, offset),
-                on_delivery=on_delivery,
+                **callback,
             )
             return
         except BufferError:

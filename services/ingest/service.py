@@ -9,11 +9,15 @@ Per batch (at-least-once end to end):
 5. commit the batch's offsets once every message of it (and of every batch before it) is
    acknowledged by the broker and its rows are in the online store. Batches are pipelined:
    the next one is processed while the broker acknowledges the previous ones, at most
-   `max_in_flight_batches` deep.
+   `max_in_flight_batches` unacknowledged; batches that only wait for the online store are
+   bounded by its writer (a few write durations, see online_writer).
 
-A crash re-delivers the uncommitted batches (at most `max_in_flight_batches`, plus those
-waiting for the online-store write in progress); the engine recognises re-delivered events
-by offset, so window state is not double counted.
+Acknowledgements are tracked without a Python call per message (~0.7 µs each): the producer
+reports failures only, and when its queue (`len(producer)`: messages not yet acknowledged,
+failure reports not yet served) is empty, every batch produced so far is durable.
+
+A crash re-delivers the uncommitted batches; the engine recognises re-delivered events by
+offset, so window state is not double counted.
 Every `checkpoint_interval_s` the changed state goes to the changelog (after a commit), and on
 a rebalance revoked partitions are checkpointed before they are released.
 """
@@ -39,11 +43,11 @@ from confluent_kafka import (
 )
 
 from services.common.config import PlatformConfig
-from services.common.events import parse_batch
-from services.common.features.columns import columns_from_events
+from services.common.events.columnar import parse_columns
+from services.common.features.columns import columns_from_parsed
 from services.common.features.engine import EngineSettings, FeatureEngine
 from services.common.features.messages import encode_feature_messages
-from services.common.kafka.clients import make_consumer, make_producer, split_consumed
+from services.common.kafka.clients import consumed_columns, make_consumer, make_producer
 from services.ingest.changelog import StateChangelog
 from services.ingest.dead_letters import send_dead_letter
 from services.ingest.metrics import IngestMetrics
@@ -52,27 +56,41 @@ from services.ingest.online_writer import CoalescingOnlineWriter, OnlineSink
 log = logging.getLogger(__name__)
 
 
+FETCH_MIN_BYTES = 256 * 1024
+"""About 1,200 events: at 50k/s a fetch waits ~25 ms at most for it (`fetch.wait.max.ms` caps)."""
+
+
 class DeliveryError(RuntimeError):
     """Outputs of a batch were not acknowledged; its offsets must not be committed."""
 
 
-class _Deliveries:
-    """Acknowledgements still outstanding for the outputs of one batch.
+class _Acks:
+    """Which batches the broker has acknowledged, from failure reports and the queue length."""
 
-    Batches are pipelined: the next one is consumed and processed while the broker
-    acknowledges the previous one's messages, instead of blocking on a flush per batch.
-    """
-
-    __slots__ = ("failed", "pending")
+    __slots__ = ("acked_seq", "failed", "produced_seq")
 
     def __init__(self) -> None:
-        self.pending = 0
         self.failed: list[str] = []
+        self.produced_seq = -1
+        """Last batch whose outputs are all handed to the producer."""
+        self.acked_seq = -1
+        """Every batch up to this one is acknowledged."""
 
     def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        self.pending -= 1
+        """The producer's only delivery report: called for failed messages."""
         if err is not None:
             self.failed.append(err.str())
+
+    def refresh(self, producer: Producer) -> int:
+        """Serve reports; raise on a failure; returns the acknowledged batch sequence."""
+        producer.poll(0)
+        if self.failed:
+            raise DeliveryError(
+                f"{len(self.failed)} outputs failed (first: {self.failed[0]}); not committing"
+            )
+        if len(producer) == 0:
+            self.acked_seq = self.produced_seq
+        return self.acked_seq
 
 
 class IngestService:
@@ -101,7 +119,12 @@ class IngestService:
         self._clock_ms = clock_ms
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._producer: Producer = make_producer(config.kafka, "ingest")
+        self._acks = _Acks()
+        self._producer: Producer = make_producer(
+            config.kafka,
+            "ingest",
+            **{"delivery.report.only.error": True, "on_delivery": self._acks.on_delivery},
+        )
         self._consumer: Consumer = make_consumer(
             config.kafka,
             "ingest",
@@ -110,6 +133,10 @@ class IngestService:
                 "statistics.interval.ms": 5000,
                 "stats_cb": self._on_stats,
                 "session.timeout.ms": ing.session_timeout_ms,
+                # Fewer, fuller fetches: with 1 byte the broker answers every fetch at once
+                # with whatever arrived, hundreds of tiny responses a second under load, and
+                # the broker shares the cores. The wait still bounds the added latency.
+                "fetch.min.bytes": FETCH_MIN_BYTES,
             },
         )
         self.changelog = StateChangelog(
@@ -130,8 +157,8 @@ class IngestService:
         self._last_checkpoint = time.monotonic()
         self._error: str | None = None
         self._seq = 0
-        self._uncommitted: list[tuple[int, dict[int, int], _Deliveries]] = []
-        """(batch sequence, partition -> next offset, acks) of batches not committed yet."""
+        self._uncommitted: list[tuple[int, dict[int, int]]] = []
+        """(batch sequence, partition -> next offset) of batches not committed yet."""
         self.batches = 0
 
     # ------------------------------------------------------------------ health
@@ -195,49 +222,47 @@ class IngestService:
         """Handle one consumed batch end to end (through the commit); returns valid events."""
         m = self.metrics
         started = time.perf_counter()
-        consumed = split_consumed(msgs, log)
-        values, keys = consumed.values, consumed.keys
-        partitions, offsets, commit_to = consumed.partitions, consumed.offsets, consumed.commit_to
-        if not values:
+        consumed = consumed_columns(msgs, log)
+        if not consumed.values:
             return 0
+        partitions, offsets = consumed.partitions, consumed.offsets
 
-        deliveries = _Deliveries()
-        events, positions, rejected = parse_batch(values)
-        for r in rejected:
+        parsed = parse_columns(consumed.values)
+        for r in parsed.rejected:
             send_dead_letter(
                 self._producer,
                 self.topics.dlq.name,
                 r,
-                key=keys[r.index],
+                key=consumed.messages[r.index].key(),
                 source_topic=self.topics.events.name,
-                partition=partitions[r.index],
-                offset=offsets[r.index],
-                on_delivery=deliveries.on_delivery,
+                partition=int(partitions[r.index]),
+                offset=int(offsets[r.index]),
             )
-            deliveries.pending += 1
             m.dead_letters.labels(field=r.field or "payload").inc()
             log.warning(
                 "event rejected to the dead-letter topic",
                 extra={
                     "reason": r.reason,
-                    "partition": partitions[r.index],
-                    "offset": offsets[r.index],
+                    "partition": int(partitions[r.index]),
+                    "offset": int(offsets[r.index]),
                 },
             )
-        parsed = time.perf_counter()
-        m.batch_seconds.labels(stage="parse").observe(parsed - started)
+        parsed_at = time.perf_counter()
+        m.batch_seconds.labels(stage="parse").observe(parsed_at - started)
 
-        if events:
-            cols = columns_from_events(
-                events, [partitions[i] for i in positions], [offsets[i] for i in positions]
-            )
+        seq = self._seq
+        self._seq += 1
+        if len(parsed):
+            cols = columns_from_parsed(parsed, partitions, offsets)
             result = self.engine.process(cols)
             self._dirty.update(result.touched_slots.tolist())
             computed = time.perf_counter()
-            m.batch_seconds.labels(stage="features").observe(computed - parsed)
+            m.batch_seconds.labels(stage="features").observe(computed - parsed_at)
 
+            # Acknowledgements of earlier batches, taken before this one joins the queue.
+            self._acks.refresh(self._producer)
             self._produce_features(
-                cols.event_ids, cols.entity_ids, cols.ts, result.late, result.matrix, deliveries
+                cols.event_ids, cols.entity_ids, cols.ts, result.late, result.matrix
             )
             produced = time.perf_counter()
             m.batch_seconds.labels(stage="produce").observe(produced - computed)
@@ -246,32 +271,27 @@ class IngestService:
             m.late_events.inc(int(result.late.sum()))
         else:
             rows = np.empty(0, dtype=np.int64)
+        self._acks.produced_seq = seq
 
         flush_started = time.perf_counter()
-        self._producer.poll(0)  # serve acknowledgements of earlier batches
-        seq = self._seq
-        self._seq += 1
         if self.online is not None:
             if rows.size:
                 self.online.add(
-                    seq,
-                    [cols.entity_ids[i] for i in rows.tolist()],
-                    cols.ts[rows],
-                    result.matrix[rows],
+                    seq, cols.entity_ids, cols.ts, result.matrix, take=rows, groups=result.slots
                 )
             else:
                 self.online.mark_empty(seq)
-        self._uncommitted.append((seq, commit_to, deliveries))
+        self._uncommitted.append((seq, consumed.commit_to))
         self._commit_durable()
         self._bound_in_flight()
         done = time.perf_counter()
         m.batch_seconds.labels(stage="flush_commit").observe(done - flush_started)
         m.batch_seconds.labels(stage="total").observe(done - started)
-        m.batch_events.observe(len(values))
-        m.events.inc(len(events))
+        m.batch_events.observe(len(consumed))
+        m.events.inc(len(parsed))
         m.entities.set(len(self.engine))
         self.batches += 1
-        return len(events)
+        return len(parsed)
 
     def _produce_features(
         self,
@@ -280,34 +300,25 @@ class IngestService:
         ts: npt.NDArray[np.int64],
         late: npt.NDArray[np.bool_],
         matrix: npt.NDArray[np.float32],
-        deliveries: _Deliveries,
     ) -> None:
         values = encode_feature_messages(event_ids, ts, self._clock_ms(), late, matrix)
         produce = self._producer.produce
         topic = self.topics.features.name
-        callback = deliveries.on_delivery
-        deliveries.pending += len(values)
-        for entity, value in zip(entity_ids, values, strict=True):
-            key = entity.encode()
-            while True:
-                try:
-                    produce(topic, value=value, key=key, on_delivery=callback)
-                    break
-                except BufferError:
-                    self._producer.poll(0.01)
+        for key, value in zip(map(str.encode, entity_ids), values, strict=True):
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                self._produce_when_room(topic, value, key)
 
-    def _kafka_durable_seq(self) -> int:
-        """Highest batch whose outputs, and those of every batch before it, are acknowledged."""
-        durable = self._seq - 1
-        for seq, _commit_to, deliveries in self._uncommitted:
-            if deliveries.failed:
-                raise DeliveryError(
-                    f"{len(deliveries.failed)} outputs of batch {seq} failed "
-                    f"(first: {deliveries.failed[0]}); not committing"
-                )
-            if deliveries.pending > 0:
-                return seq - 1
-        return durable
+    def _produce_when_room(self, topic: str, value: bytes, key: bytes) -> None:
+        """The local queue is full: serve the broker's acknowledgements until it takes it."""
+        while True:
+            self._producer.poll(0.01)
+            try:
+                self._producer.produce(topic, value, key)
+                return
+            except BufferError:
+                continue
 
     def _commit_durable(self, *, wait: bool = False) -> int:
         """Commit the offsets of every batch whose outputs are all durable (Kafka and store).
@@ -317,10 +328,10 @@ class IngestService:
         """
         if not self._uncommitted:
             return 0
-        durable = self._kafka_durable_seq()
+        durable = self._acks.refresh(self._producer)
         if self.online is not None:
             durable = min(durable, self.online.durable_seq)
-        ready = [c for s, c, _ in self._uncommitted if s <= durable]
+        ready = [c for s, c in self._uncommitted if s <= durable]
         if not ready:
             return 0
         self._uncommitted = [u for u in self._uncommitted if u[0] > durable]
@@ -337,19 +348,23 @@ class IngestService:
         return len(ready)
 
     def _bound_in_flight(self) -> None:
-        """At most `max_in_flight_batches` unacknowledged batches: wait for the broker."""
+        """At most `max_in_flight_batches` batches unacknowledged by the broker: wait for it.
+
+        Batches waiting only for the online store do not count: its writer bounds them (it
+        writes at least every few write durations), and forcing a write here instead would
+        keep the writer busy holding the GIL (see online_writer).
+        """
         limit = self.config.ingest.max_in_flight_batches
-        while len(self._uncommitted) > limit:
+        while self._acks.produced_seq - self._acks.refresh(self._producer) > limit:
             self._producer.poll(0.01)
-            if not self._commit_durable() and self.online is not None:
-                # Waiting on the online store, not on Kafka: let its write finish.
-                self.online.flush()
+        self._commit_durable()
 
     def _commit_all(self) -> None:
         """Make every processed batch durable (broker acks and online store) and commit."""
         remaining = self._producer.flush(60.0)
         if remaining:
             raise DeliveryError(f"{remaining} outputs unacknowledged after 60 s; not committing")
+        self._acks.refresh(self._producer)
         if self.online is not None:
             self.online.flush()
         self._commit_durable(wait=True)
@@ -413,8 +428,7 @@ class IngestService:
     def _release(self, partitions: set[int]) -> None:
         # Batches of a lost partition can no longer be committed by this member.
         self._uncommitted = [
-            (s, {p: o for p, o in c.items() if p not in partitions}, d)
-            for s, c, d in self._uncommitted
+            (s, {p: o for p, o in c.items() if p not in partitions}) for s, c in self._uncommitted
         ]
         part_of = self.engine.partition_of
         self._dirty = {s for s in self._dirty if int(part_of[s]) not in partitions}

@@ -70,6 +70,8 @@ class BatchFeatures:
     """True where the event was late and left state untouched."""
     touched_slots: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     """Slots whose state changed (for checkpoints and the online store)."""
+    slots: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    """Slot of each row's entity: an integer id per entity, for grouping rows without strings."""
 
 
 _SCALARS: tuple[tuple[str, type[np.generic], float], ...] = (
@@ -239,7 +241,7 @@ class FeatureEngine:
         )  # fmt: skip
         self._global_rate(cols, late, out)
         self.late_events += int(late.sum())
-        return BatchFeatures(out, late, np.unique(slots[~late]))
+        return BatchFeatures(out, late, np.unique(slots[~late]), slots)
 
     def _global_rate(self, cols: EventColumns, late: BoolArr, out: F32) -> None:
         """Batch-granular all-entity rate: the one feature that depends on batch boundaries.

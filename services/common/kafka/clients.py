@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
+import numpy.typing as npt
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
@@ -130,3 +132,52 @@ def split_consumed(msgs: list[Message], log: logging.Logger) -> ConsumedBatch:
         batch.offsets.append(offset)
         batch.commit_to[partition] = offset + 1
     return batch
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedColumns:
+    """The usable messages of one `consume()` call as columns (NumPy coordinates)."""
+
+    messages: list[Message]
+    """The records themselves, for what is needed only now and then (keys of dead letters)."""
+    values: list[bytes]
+    partitions: npt.NDArray[np.int32]
+    offsets: npt.NDArray[np.int64]
+    commit_to: dict[int, int]
+    """partition -> next offset: what committing this batch means."""
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def consumed_columns(msgs: list[Message], log: logging.Logger) -> ConsumedColumns:
+    """`split_consumed` for hot loops: the same error handling, a few C-level passes.
+
+    Four `map`s over unbound methods instead of five bound-method calls and five list appends
+    per message in Python (~0.6 µs per message on the shared benchmark cores); keys are not
+    extracted, since only rejected events need theirs.
+    """
+    errors = list(map(Message.error, msgs))
+    if any(errors):
+        for err in errors:
+            if err is None:
+                continue
+            if err.fatal():
+                raise KafkaException(err)
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume error", extra={"error": err.str()})
+        msgs = [m for m, e in zip(msgs, errors, strict=True) if e is None]
+    n = len(msgs)
+    partitions = np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n)
+    offsets = np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n)
+    raw: list[bytes | None] = [*map(Message.value, msgs)]
+    # A tombstone (no value) is an empty payload, which validation rejects.
+    values = [v if v is not None else b"" for v in raw] if None in raw else cast(list[bytes], raw)
+    commit_to: dict[int, int] = {}
+    if n:
+        # Offsets rise within a partition: the last one of each partition is its maximum.
+        order = np.lexsort((offsets, partitions))
+        last = np.flatnonzero(np.diff(partitions[order], append=np.int32(-1)) != 0)
+        ends = order[last]
+        commit_to = dict(zip(partitions[ends].tolist(), (offsets[ends] + 1).tolist(), strict=True))
+    return ConsumedColumns(msgs, values, partitions, offsets, commit_to)
