@@ -23,9 +23,12 @@ machine's background load hits every contender alike:
 
 The load is closed-loop with `--concurrency` requests in flight (so that dynamic batching has
 something to coalesce); requests are encoded once beforehand, so the client's cost is the
-protocol, not building payloads. Then single-row requests at a fixed `--paced-rate`
-(open loop: send times are fixed in advance, and latency counts from the planned send time,
-so a stalled server cannot hide its queue) against our server over gRPC and REST.
+protocol, not building payloads. Then single-row requests at a fixed `--paced-rate` per
+model (open loop: send times are fixed in advance, and latency counts from the planned send
+time, so a stalled server cannot hide its queue), each model alone and all of them at once:
+first in process (our batcher and ModelRunner on the same schedule in this process, so the
+p99 that the machine's scheduling alone produces is measured in the same run), then against our server
+over gRPC and REST, and against `--compare-tree`'s server (another checkout) as `before`.
 
 Everything shares this machine's cores: the client, the servers, Ray's processes and other
 people's jobs. Each row says how many cores the servers and the client used and how many
@@ -431,12 +434,14 @@ def v2_json(x: F32) -> bytes:
 class Subprocess:
     """A server process with its log file; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, ready_url: str) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log: Path, ready_url: str, cwd: Path = ROOT
+    ) -> None:
         self.name = name
         self.log = log
         self.ready_url = ready_url
         self.proc = subprocess.Popen(
-            argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
         )
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
@@ -611,15 +616,25 @@ class Paced:
     """Single-row requests at a fixed rate."""
 
     model: str
+    """A model, or `all` for the three at once (each at `rate`; figures over every request)."""
     contender: str
+    """`in-process` (our batcher and ModelRunner in the benchmark's process: no protocol, no
+    server), `ours`, or
+    `before` (the server of `--compare-tree`)."""
     protocol: str
     rate: float
+    """Requests per second per model."""
     sent: int
     answered: int
     p50_ms: float
     p99_ms: float
     max_ms: float
     errors: int
+    p99_vs_in_process: float | None = None
+    """p99 over the in-process p99 of the same model(s) in this run: what the door and the
+    server add on top of what the machine's scheduling does to the same schedule."""
+    server_cores: float | None = None
+    client_cores: float | None = None
     other_cores: float | None = None
     note: str = ""
 
@@ -689,7 +704,11 @@ async def run_benchmark(args: argparse.Namespace, store: Path, work: Path) -> Re
     threads = 1
 
     config = work / "platform.yaml"
-    serving = {"max_batch_delay_ms": args.max_batch_delay_ms, "gpu": "never"}
+    serving = {
+        "max_batch_delay_ms": args.max_batch_delay_ms,
+        "max_batch_size": args.max_batch_size,
+        "gpu": "never",
+    }
     config.write_text(yaml.safe_dump({"model_store": {"path": str(store)}, "serving": serving}))
     skip = set(args.skip.split(",")) if args.skip else set()
 
@@ -704,6 +723,18 @@ async def run_benchmark(args: argparse.Namespace, store: Path, work: Path) -> Re
         f"http://127.0.0.1:{http}/v2/health/ready",
     )  # fmt: skip
     ports = {"ours": (http, grpc_port)}
+    if args.compare_tree is not None:
+        http, grpc_port = free_port(), free_port()
+        servers["before"] = Subprocess(
+            "before",
+            [sys.executable, "-m", "services.cli.main", "serve", ",".join(n.value for n in names),
+             "-c", str(config), "--http-port", str(http), "--grpc-port", str(grpc_port),
+             "--log-level", "WARNING"],
+            work / "before.log",
+            f"http://127.0.0.1:{http}/v2/health/ready",
+            cwd=args.compare_tree.resolve(),
+        )  # fmt: skip
+        ports["before"] = (http, grpc_port)
     stock_names = [n for n in names if n in STOCK_KINDS]
     if "stock" not in skip and stock_names:
         http, grpc_port = free_port(), free_port()
@@ -763,83 +794,183 @@ async def _measure_all(
         return f"http://127.0.0.1:{ports[key][0]}/v2/models/{name.value}/infer"
 
     try:
-        for name in names:
-            for batch in batches:
-                x = tile(samples[name], batch)
-                cells: list[tuple[str, str, Call, Callable[[], list[int]]]] = []
-                for key in ("ours", "stock"):
-                    if key not in servers or (key == "stock" and name not in STOCK_KINDS):
-                        continue
-                    pids = servers[key].pids
-                    # Every contender must answer every row before it is timed.
-                    _expect(await grpc_clients[key].check(name.value, x), batch, f"{key} grpc")
-                    _expect(await rest.check(rest_url(key, name), x), batch, f"{key} rest")
-                    cells.append((key, "grpc", grpc_clients[key].caller(name.value, x), pids))
-                    cells.append((key, "rest", rest.caller(rest_url(key, name), x), pids))
-                if ray is not None:
-                    _expect(await rest.check(ray.url(name), x), batch, "ray rest")
-                    ray_pids = functools.partial(ray.pids, server_pids)
-                    cells.append(("ray", "rest", rest.caller(ray.url(name), x), ray_pids))
-                limit = 0.0
-                modes: tuple[Literal["native", "onnx"], ...] = ("native", "onnx")
-                for mode in modes:
-                    meter = CpuMeter(list)
-                    with meter.measure() as usage:
-                        run = measure_inproc(loaded[name], mode, x, args.inproc_duration, threads)
-                    row = _row(name.value, batch, "in-process", mode, run, usage[0])
-                    limit = max(limit, row.rows_per_s)
-                    report.rows.append(row)
-                    _progress(row)
-                for contender, protocol, call, pids in cells:
-                    meter = CpuMeter(pids)
-                    with meter.measure() as usage:
-                        run = await closed_loop(call, args.concurrency, args.duration, args.warmup)
-                    row = _row(name.value, batch, contender, protocol, run, usage[0])
-                    report.rows.append(row)
-                    _progress(row)
-                group = [r for r in report.rows if r.model == name.value and r.batch == batch]
-                cpu_limit = max(
-                    r.rows_per_cpu_s or 0.0 for r in group if r.contender == "in-process"
-                )
-                for row in group:
-                    row.ratio_to_limit = row.rows_per_s / limit if limit else None
-                    if row.rows_per_cpu_s is not None and cpu_limit:
-                        row.cpu_ratio_to_limit = row.rows_per_cpu_s / cpu_limit
+        for name, batch in (
+            [] if "closed" in args.skip.split(",") else [(n, b) for n in names for b in batches]
+        ):
+            x = tile(samples[name], batch)
+            cells: list[tuple[str, str, Call, Callable[[], list[int]]]] = []
+            for key in ("ours", "stock"):
+                if key not in servers or (key == "stock" and name not in STOCK_KINDS):
+                    continue
+                pids = servers[key].pids
+                # Every contender must answer every row before it is timed.
+                _expect(await grpc_clients[key].check(name.value, x), batch, f"{key} grpc")
+                _expect(await rest.check(rest_url(key, name), x), batch, f"{key} rest")
+                cells.append((key, "grpc", grpc_clients[key].caller(name.value, x), pids))
+                cells.append((key, "rest", rest.caller(rest_url(key, name), x), pids))
+            if ray is not None:
+                _expect(await rest.check(ray.url(name), x), batch, "ray rest")
+                ray_pids = functools.partial(ray.pids, server_pids)
+                cells.append(("ray", "rest", rest.caller(ray.url(name), x), ray_pids))
+            limit = 0.0
+            modes: tuple[Literal["native", "onnx"], ...] = ("native", "onnx")
+            for mode in modes:
+                meter = CpuMeter(list)
+                with meter.measure() as usage:
+                    run = measure_inproc(loaded[name], mode, x, args.inproc_duration, threads)
+                row = _row(name.value, batch, "in-process", mode, run, usage[0])
+                limit = max(limit, row.rows_per_s)
+                report.rows.append(row)
+                _progress(row)
+            for contender, protocol, call, pids in cells:
+                meter = CpuMeter(pids)
+                with meter.measure() as usage:
+                    run = await closed_loop(call, args.concurrency, args.duration, args.warmup)
+                row = _row(name.value, batch, contender, protocol, run, usage[0])
+                report.rows.append(row)
+                _progress(row)
+            group = [r for r in report.rows if r.model == name.value and r.batch == batch]
+            cpu_limit = max(r.rows_per_cpu_s or 0.0 for r in group if r.contender == "in-process")
+            for row in group:
+                row.ratio_to_limit = row.rows_per_s / limit if limit else None
+                if row.rows_per_cpu_s is not None and cpu_limit:
+                    row.cpu_ratio_to_limit = row.rows_per_cpu_s / cpu_limit
         if args.paced_rate > 0:
-            for name in names:
-                x = tile(samples[name], 1)
-                for protocol, call in (
-                    ("grpc", grpc_clients["ours"].caller(name.value, x)),
-                    ("rest", rest.caller(rest_url("ours", name), x)),
-                ):
-                    meter = CpuMeter(servers["ours"].pids)
-                    with meter.measure() as usage:
-                        run = await open_loop(call, args.paced_rate, args.paced_duration)
-                    lat_ms = [v * 1000 for v in run.latencies_s]
-                    paced = Paced(
-                        model=name.value,
-                        contender="ours",
-                        protocol=protocol,
-                        rate=args.paced_rate,
-                        sent=int(args.paced_rate * args.paced_duration),
-                        answered=run.requests,
-                        p50_ms=percentile(lat_ms, 0.5),
-                        p99_ms=percentile(lat_ms, 0.99),
-                        max_ms=max(lat_ms, default=float("nan")),
-                        errors=run.errors,
-                        other_cores=usage[0].other_cores,
-                        note=run.first_error,
-                    )
-                    report.paced.append(paced)
-                    print(
-                        f"  paced {paced.model} {protocol} {paced.rate:.0f}/s: "
-                        f"p50 {paced.p50_ms:.2f} ms p99 {paced.p99_ms:.2f} ms",
-                        file=sys.stderr,
-                    )
+            doors: dict[str, dict[str, Callable[[ModelName], Call]]] = {
+                key: {
+                    "grpc": functools.partial(_grpc_caller, grpc_clients[key], samples),
+                    "rest": functools.partial(_rest_caller, rest, ports[key][0], samples),
+                }
+                for key in ("ours", "before")
+                if key in servers
+            }
+            await measure_paced(args, report, names, loaded, samples, doors, servers)
     finally:
         await rest.close()
         for client in grpc_clients.values():
             await client.close()
+
+
+def _grpc_caller(client: GrpcClient, samples: dict[ModelName, F32], name: ModelName) -> Call:
+    return client.caller(name.value, tile(samples[name], 1))
+
+
+def _rest_caller(
+    client: RestClient, http_port: int, samples: dict[ModelName, F32], name: ModelName
+) -> Call:
+    url = f"http://127.0.0.1:{http_port}/v2/models/{name.value}/infer"
+    return client.caller(url, tile(samples[name], 1))
+
+
+def _inproc_caller(model: LoadedModel, x: F32, args: argparse.Namespace) -> Call:
+    """The server's scoring path without the server: our DynamicBatcher over a ModelRunner
+    (same settings) in this process, no protocol, no other process."""
+    from models.registry import ScoreBatch
+    from services.serving.batching import DynamicBatcher
+    from services.serving.runtime import ModelRunner, RuntimePolicy
+
+    runner = ModelRunner(model, RuntimePolicy("auto", 256, 1, False))
+
+    def run(rows: F32) -> ScoreBatch:
+        return runner.score(rows)[0]
+
+    def split(batch: ScoreBatch, start: int, stop: int) -> ScoreBatch:
+        return ScoreBatch(batch.score[start:stop], batch.raw[start:stop], None)
+
+    batcher = DynamicBatcher(
+        run, split, max_rows=args.max_batch_size, max_delay_s=args.max_batch_delay_ms / 1000
+    )
+
+    async def call() -> None:
+        await batcher.submit(x)
+
+    return call
+
+
+async def _paced_cell(
+    calls: dict[ModelName, Call],
+    rate: float,
+    duration: float,
+    pids: Callable[[], list[int]],
+) -> tuple[dict[ModelName, Run], Usage]:
+    """Open loops for every model in `calls` at once, each at `rate`."""
+    with CpuMeter(pids).measure() as usage:
+        runs = await asyncio.gather(*(open_loop(call, rate, duration) for call in calls.values()))
+    return dict(zip(calls, runs, strict=True)), usage[0]
+
+
+def _paced_row(
+    model: str, contender: str, protocol: str, rate: float, runs: list[Run], usage: Usage, sent: int
+) -> Paced:
+    lat_ms = [v * 1000 for run in runs for v in run.latencies_s]
+    return Paced(
+        model=model,
+        contender=contender,
+        protocol=protocol,
+        rate=rate,
+        sent=sent,
+        answered=sum(run.requests for run in runs),
+        p50_ms=percentile(lat_ms, 0.5),
+        p99_ms=percentile(lat_ms, 0.99),
+        max_ms=max(lat_ms, default=float("nan")),
+        errors=sum(run.errors for run in runs),
+        server_cores=usage.server_cores,
+        client_cores=usage.client_cores,
+        other_cores=usage.other_cores,
+        note=next((run.first_error for run in runs if run.first_error), ""),
+    )
+
+
+async def measure_paced(
+    args: argparse.Namespace,
+    report: Report,
+    names: list[ModelName],
+    loaded: dict[ModelName, LoadedModel],
+    samples: dict[ModelName, F32],
+    doors: dict[str, dict[str, Callable[[ModelName], Call]]],
+    servers: dict[str, Subprocess],
+) -> None:
+    """Single rows at `--paced-rate` per model (open loop): each model alone, then all at once;
+    in process first (the machine's own noise on that schedule), then each server and door."""
+    rate, duration = args.paced_rate, args.paced_duration
+    sent = int(rate * duration)
+    groups: list[tuple[str, list[ModelName]]] = [(n.value, [n]) for n in names]
+    if len(names) > 1:
+        groups.append(("all", names))
+    for label, group in groups:
+        inproc = {n: _inproc_caller(loaded[n], tile(samples[n], 1), args) for n in group}
+        for call in inproc.values():  # runtimes warm, call times known to the batcher
+            for _ in range(20):
+                await call()
+        runs, usage = await _paced_cell(inproc, rate, duration, list)
+        base = _paced_row(
+            label, "in-process", "-", rate, list(runs.values()), usage, sent * len(group)
+        )
+        base.server_cores = usage.client_cores
+        report.paced.append(base)
+        _paced_progress(base)
+        for key, by_protocol in doors.items():
+            for protocol, make in by_protocol.items():
+                calls = {n: make(n) for n in group}
+                for call in calls.values():  # connections open, first answers in
+                    for _ in range(20):
+                        await call()
+                runs, usage = await _paced_cell(calls, rate, duration, servers[key].pids)
+                row = _paced_row(
+                    label, key, protocol, rate, list(runs.values()), usage, sent * len(group)
+                )
+                if base.p99_ms > 0:
+                    row.p99_vs_in_process = row.p99_ms / base.p99_ms
+                report.paced.append(row)
+                _paced_progress(row)
+
+
+def _paced_progress(p: Paced) -> None:
+    print(
+        f"  paced {p.model} {p.contender}/{p.protocol} {p.rate:.0f}/s: "
+        f"p50 {p.p50_ms:.2f} ms p99 {p.p99_ms:.2f} ms",
+        file=sys.stderr,
+    )
 
 
 def _expect(rows: int, batch: int, who: str) -> None:
@@ -907,12 +1038,19 @@ def evaluate(report: Report) -> None:
                     }
                 )
     for paced in report.paced:
+        if paced.contender != "ours":
+            continue
         report.targets.append(
             {
-                "target": f"single-row p99 <= 5 ms at {paced.rate:.0f} req/s ({paced.protocol})",
+                "target": f"single-row p99 <= 5 ms at {paced.rate:.0f} req/s"
+                + (" per model, all at once" if paced.model == "all" else "")
+                + f" ({paced.protocol})",
                 "model": paced.model,
                 "value": round(paced.p99_ms, 2),
                 "met": paced.p99_ms <= TARGETS["paced_p99_ms"] and paced.errors == 0,
+                "x_in_process_p99": None
+                if paced.p99_vs_in_process is None
+                else round(paced.p99_vs_in_process, 1),
             }
         )
 
@@ -948,12 +1086,24 @@ def print_report(report: Report) -> None:
             + (f"  errors={r.errors} {r.note}" if r.errors else "")
         )
     if report.paced:
-        print("\nsingle-row requests at a fixed rate (open loop)")
+        print(
+            "\nsingle-row requests at a fixed rate per model (open loop, latency from the planned "
+            "send time); `all` = every model at that rate at once"
+        )
+        header = (
+            f"{'model':<17} {'contender':<11} {'door':<5} {'rate':>6} {'answered':>12} "
+            f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'p99 x inproc':>12} "
+            f"{'srv cores':>9} {'cli cores':>9} {'other':>6}"
+        )
+        print(header)
+        print("-" * len(header))
         for p in report.paced:
             print(
-                f"{p.model:<17} {p.contender:<5} {p.protocol:<5} {p.rate:>6.0f}/s "
-                f"answered {p.answered}/{p.sent}  p50 {p.p50_ms:.2f} ms  p99 {p.p99_ms:.2f} ms  "
-                f"max {p.max_ms:.2f} ms  other cores {_fmt(p.other_cores, '.2f')}"
+                f"{p.model:<17} {p.contender:<11} {p.protocol:<5} {p.rate:>5.0f}/s "
+                f"{f'{p.answered}/{p.sent}':>12} {p.p50_ms:>8.2f} {p.p99_ms:>8.2f} "
+                f"{p.max_ms:>8.2f} {_fmt(p.p99_vs_in_process, '.1f'):>12} "
+                f"{_fmt(p.server_cores, '.2f'):>9} {_fmt(p.client_cores, '.2f'):>9} "
+                f"{_fmt(p.other_cores, '.2f'):>6}"
                 + (f"  errors={p.errors} {p.note}" if p.errors else "")
             )
     if report.targets:
@@ -964,6 +1114,8 @@ def print_report(report: Report) -> None:
                 if t.get("per_cpu_second") is not None
                 else ""
             )
+            if t.get("x_in_process_p99") is not None:
+                extra += f" ({t['x_in_process_p99']}x the in-process p99)"
             status = "met" if t["met"] else "MISSED"
             print(f"  [{status}] {t['model']}: {t['target']}: {t['value']}{extra}")
     print("\nJSON")
@@ -1122,6 +1274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "inproc_duration_s": args.inproc_duration,
                 "concurrency": args.concurrency,
                 "max_batch_delay_ms": args.max_batch_delay_ms,
+                "max_batch_size": args.max_batch_size,
+                "compare_tree": None if args.compare_tree is None else str(args.compare_tree),
                 "paced_rate": args.paced_rate,
                 "paced_duration_s": args.paced_duration,
             }
@@ -1172,7 +1326,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--max-batch-delay-ms", type=float, default=2.0, help="our servers' setting")
     p.add_argument("--paced-rate", type=float, default=1000.0, help="0 skips the paced run")
     p.add_argument("--paced-duration", type=float, default=3.0)
-    p.add_argument("--skip", default="", help="comma list of: stock, ray")
+    p.add_argument(
+        "--skip",
+        default="",
+        help="comma list of: stock, ray, closed (the closed-loop cells: only the paced runs)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=1024,
+        help="our servers' serving.max_batch_size (rows per coalesced model call)",
+    )
+    p.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/before HEAD~1`): its server joins "
+        "the paced runs as contender `before`, same models, settings and schedule",
+    )
     p.add_argument("--json-out", type=Path, help="also write the JSON report here")
     p.add_argument(
         "--compare-gpu",

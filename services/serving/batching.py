@@ -16,9 +16,10 @@ rule, within 2x of the best wait in hindsight). So an XGBoost call of 70 us wait
 Isolation Forest call of ~1 ms waits up to ~1 ms, and a request that arrived while the model
 was busy has already waited and goes at once with the others that queued meanwhile.
 
-Calls that recently took less than `inline_max_s` run on the event loop itself: handing
-70 us of work to a thread costs ~25 us of CPU and two thread wake-ups, which on a busy
-machine wait for a core. Longer calls run in a worker thread (the runtimes release the GIL,
+Calls that recently took less than `inline_max_s` of CPU run on the event loop itself:
+handing 70 us of work to a thread costs ~25 us of CPU, two thread wake-ups, which on a busy
+machine wait for a core, and the GIL, which the busy event loop hands over only every 5 ms
+(`sys.getswitchinterval()`). Longer calls run in a worker thread (the runtimes release the GIL,
 and the event loop keeps serving health probes: KServe itself calls sync `predict` inline and
 blocks the loop, kserve#3950). The loop is never blocked longer than `inline_max_s` by a
 call whose size has been seen before; a size never seen goes to the thread.
@@ -54,7 +55,7 @@ class _Pending:
 
 
 class CallTimes:
-    """Running estimate of how long a model call takes, per batch-size class (powers of 2).
+    """Running estimate of a model call's CPU time, per batch-size class (powers of 2).
 
     Call time grows with rows (XGBoost: 70 us for 1 row, ~2 ms for 1,024), so one average
     would mislead both the wait and the inline decision; a class per power of two is enough.
@@ -159,26 +160,34 @@ class DynamicBatcher(Generic[R]):
                 rows += len(item.rows)
             await self._execute(batch, rows)
 
-    def _timed(self, x: Rows) -> tuple[R, float]:
-        started = time.perf_counter()
+    def _timed(self, x: Rows) -> tuple[R, float, float]:
+        """The result, the call's wall time and its CPU time on the calling thread.
+
+        The estimate must be the CPU time: in the worker thread, the wall time includes
+        waiting for the GIL while the event loop holds it (up to the 5 ms switch interval),
+        which would make every quick call look slow and keep it off the event loop.
+        """
+        started, cpu = time.perf_counter(), time.thread_time()
         result = self._run(x)
-        return result, time.perf_counter() - started
+        return result, time.perf_counter() - started, time.thread_time() - cpu
 
     async def _execute(self, batch: list[_Pending], rows: int) -> None:
         x = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
         estimate = self.call_times.estimate(rows)
         try:
             if estimate is not None and estimate < self.inline_max_s:
-                result, seconds = self._timed(x)
+                result, seconds, cpu_seconds = self._timed(x)
             else:
                 loop = asyncio.get_running_loop()
-                result, seconds = await loop.run_in_executor(self._executor, self._timed, x)
+                result, seconds, cpu_seconds = await loop.run_in_executor(
+                    self._executor, self._timed, x
+                )
         except Exception as exc:  # every waiting caller gets the error
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
-        self.call_times.observe(rows, seconds)
+        self.call_times.observe(rows, cpu_seconds)
         if self._on_batch is not None:
             self._on_batch(len(batch), rows, seconds)
         start = 0
