@@ -51,7 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, required=True, help="model registry to replay with")
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--seed", type=int, default=7, help="stream seed (models are trained on seed 42)"
+    )
     parser.add_argument("--batch-size", type=int, default=4_096)
     parser.add_argument("-c", "--config", type=Path, default=Path("config/platform.yaml"))
     args = parser.parse_args()

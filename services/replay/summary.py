@@ -167,9 +167,9 @@ class ReplaySummary:
             if self.unmatched_labels:
                 rows.append(("  unmatched labels", f"{self.unmatched_labels:,}"))
             det = self.detection or {}
-            for key in ("tpr", "fpr", "precision"):
+            for key, name in (("tpr", "TPR"), ("fpr", "FPR"), ("precision", "precision")):
                 value = det.get(key)
-                rows.append((f"  {key.upper()}", "n/a" if value is None else f"{value:.2%}"))
+                rows.append((f"  {name}", "n/a" if value is None else f"{value:.2%}"))
             for kind, recall in (det.get("recall_per_type") or {}).items():
                 shown = "n/a (none labelled)" if recall is None else f"{recall:.2%}"
                 rows.append((f"  recall {kind}", shown))
