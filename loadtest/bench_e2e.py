@@ -178,6 +178,7 @@ def drive(stack: RunningPlatform, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "ledger": ledger,
         "samples": [*sampler.samples, last],
+        "missed_samples": sampler.missed,
         "before": before,
         "generated": generated,
         "injected": injected,
@@ -245,6 +246,7 @@ def build_report(raw: dict[str, Any], args: argparse.Namespace, load_before: tup
             "cpu_others_s": round(max(raw["machine_busy"] - ours, 0.0), 1),
             "shared_with": "broker, generator, ingest, router, model server and this reader "
             "run on the same cores; cpu_others_s is what other work on the machine used",
+            "offset_samples_missed": raw.get("missed_samples", []),
         },
         "events": {
             "generated_reported": raw["generated"],

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Self
 
 import orjson
-from confluent_kafka import ConsumerGroupTopicPartitions, Message, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from pipeline_monitor import TopicTail
 
@@ -85,6 +85,8 @@ class OffsetSampler:
         self._interval = interval_s
         self._started = time.monotonic()
         self.samples: list[OffsetSample] = []
+        self.missed: list[str] = []
+        """Samples the broker did not answer in time (reported with the results)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-offsets", daemon=True)
 
@@ -122,7 +124,10 @@ class OffsetSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append(self.sample())
+            try:
+                self.samples.append(self.sample())
+            except KafkaException as exc:  # a slow broker answer: a gap, not a dead sampler
+                self.missed.append(f"{time.monotonic() - self._started:.1f}s: {exc}")
             self._stop.wait(self._interval)
 
 
