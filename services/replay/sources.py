@@ -123,16 +123,23 @@ class EventSource:
     # ------------------------------------------------------------------ opening
 
     def _open_parquet(self) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            names = list(pq.ParquetFile(str(self.path)).schema_arrow.names)
+            schema = pq.ParquetFile(str(self.path)).schema_arrow
         except (OSError, ValueError) as exc:
             raise ReplayError(f"{self.path}: cannot read as Parquet: {exc}") from None
-        self._check_event_columns(names)
+        self._check_event_columns(schema.names)
+        ts = schema.field("ts").type
+        if not (pa.types.is_integer(ts) or pa.types.is_floating(ts)):
+            raise ReplayError(
+                f"{self.path}: column ts is {ts}; the contract wants ms since the epoch as an "
+                "integer (cast it, e.g. `table['ts'].cast('int64')` of a ms timestamp)"
+            )
 
     def _open_csv(self) -> None:
-        with self.path.open(newline="", encoding="utf-8") as fh:
+        with self.path.open(newline="", encoding="utf-8-sig") as fh:
             header = next(csv.reader(fh), None)
         if not header:
             raise ReplayError(f"{self.path}: empty CSV file (expected a header row)")
@@ -216,7 +223,7 @@ class EventSource:
             yield batch
 
     def _csv_events(self) -> Iterator[SourceBatch]:
-        with self.path.open(newline="", encoding="utf-8") as fh:
+        with self.path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             next(reader)  # the header, checked when the file was opened
             batch = self._new_batch()
@@ -238,7 +245,7 @@ class EventSource:
         samples: list[tuple[Event, str]] = []
         rejects: list[Reject] = []
         rows = 0
-        with self.path.open(newline="", encoding="utf-8") as fh:
+        with self.path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             next(reader)
             for cells in reader:

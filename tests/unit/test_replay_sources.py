@@ -96,6 +96,11 @@ def test_table_with_wrong_columns_fails_before_reading(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist([{"entity_id": "a", "ts": TS}]), path)
     with pytest.raises(ReplayError, match=r"lacks column.*kind"):
         EventSource(path)
+    stamped = pa.Table.from_pylist([_payment(0)])
+    stamped = stamped.set_column(2, "ts", pa.array([TS], pa.timestamp("ms")))
+    pq.write_table(stamped, path)
+    with pytest.raises(ReplayError, match="column ts is timestamp"):
+        EventSource(path)
 
 
 def test_csv_events_table_parses_numbers_and_rejects_bad_cells(tmp_path: Path) -> None:
@@ -120,7 +125,7 @@ def test_csv_events_table_parses_numbers_and_rejects_bad_cells(tmp_path: Path) -
 def test_csv_metric_series_named_after_the_file_and_merged_in_time_order(tmp_path: Path) -> None:
     path = tmp_path / "disk_io.csv"
     path.write_text(
-        "timestamp,value\n"
+        "\ufefftimestamp,value\n"  # a byte-order mark, as spreadsheet exports write
         f"{TS + 2000},3\n"
         "2026-01-05T00:00:00Z,1\n"
         f"{TS + 1000},2\n"
