@@ -40,24 +40,31 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
-import fcntl
 import hashlib
 import importlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from local_process import (
+    LocalProcess,
+    ProgressFn,
+    free_port,
+    lifecycle_command,
+    locked,
+    tail,
+    tcp_open,
+)
+
+__all__ = ["DEFAULT_PORT", "LocalKafka", "LocalKafkaError", "free_port", "main"]
 
 #: Newest Kafka 4.x release resolvable from Maven Central when this was written.
 DEFAULT_KAFKA_VERSION = "4.4.0"
@@ -96,8 +103,6 @@ DEFAULT_START_TIMEOUT_S = 90.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 _STAMP_NAME = ".assembled"
 
-ProgressFn = Callable[[str], None]
-
 
 class LocalKafkaError(RuntimeError):
     """The broker could not be assembled, formatted, started or stopped."""
@@ -108,19 +113,6 @@ def _print_progress(message: str) -> None:
     print(f"[local-kafka] {message}", file=sys.stderr, flush=True)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free a moment ago.
-
-    The kernel picks it, so parallel test sessions do not collide the way a
-    hard-coded "test port" would; the small race until the broker binds it is
-    acceptable for tests.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -128,53 +120,6 @@ def _port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie.
-
-    A broker started by a CLI that has since exited is reaped by init, but one
-    started from this very process stays a zombie until waited for; counting a
-    zombie as alive would make ``stop`` wait out its whole timeout.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs (macOS): trust kill(0)
-    # The state follows the parenthesised command name, which may hold spaces.
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _cmdline(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return None
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 64 * 1024))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return "(no log file)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 _RUN_MARKER = "===== local_kafka start"
@@ -187,33 +132,16 @@ def _startup_report(path: Path) -> str:
     lines are framework frames; the line that names the cause (bad config,
     port in use, unformatted dir) is usually the first ERROR of the run.
     """
-    tail = _tail(path)
+    last_lines = tail(path)
     try:
         text = path.read_text(errors="replace")
     except OSError:
-        return tail
+        return last_lines
     run = text[text.rfind(_RUN_MARKER) :] if _RUN_MARKER in text else text
     errors = [line for line in run.splitlines() if "] ERROR " in line or "Exception" in line]
     if not errors:
-        return f"last lines of {path}:\n{tail}"
-    return f"first error: {errors[0]}\nlast lines of {path}:\n{tail}"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise start/stop/assemble across processes.
-
-    pytest-xdist workers, or a developer's shell and a test session, may race
-    to assemble the same jars or start the same broker; an flock on a file
-    next to the state makes the loser wait and then find the work done.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        return f"last lines of {path}:\n{last_lines}"
+    return f"first error: {errors[0]}\nlast lines of {path}:\n{last_lines}"
 
 
 def _kafka_cluster_id() -> str:
@@ -272,7 +200,7 @@ def _metadata_probe(host: str, port: int, timeout: float) -> bool:
     falls back to a hand-rolled ApiVersions request when this script runs
     under an interpreter without it.
     """
-    if not _tcp_open(host, port, timeout=min(timeout, 0.5)):
+    if not tcp_open(host, port, timeout=min(timeout, 0.5)):
         return False
     try:
         admin_module = importlib.import_module("confluent_kafka.admin")
@@ -292,12 +220,21 @@ def _metadata_probe(host: str, port: int, timeout: float) -> bool:
     return bool(metadata.brokers)
 
 
-class LocalKafka:
+class LocalKafka(LocalProcess):
     """One local KRaft broker+controller, identified by its client port.
 
     Every method is idempotent and safe to call from several processes at
     once, so fixtures can call ``start()`` unconditionally.
     """
+
+    label = "broker"
+    foreign_label = "a broker"
+    file_stem = "kafka"
+    run_marker = _RUN_MARKER
+    log_roll_bytes = _LOG_ROLL_BYTES
+    stop_timeout_s = DEFAULT_STOP_TIMEOUT_S
+    ready_poll_s = 0.25
+    error = LocalKafkaError
 
     def __init__(
         self,
@@ -330,9 +267,7 @@ class LocalKafka:
         self.host = host
         self.jvm_opts = jvm_opts
         self.overrides: dict[str, str] = dict(overrides or {})
-        self.wipe_on_exit = wipe_on_exit
-        self._progress = progress
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(wipe_on_exit=wipe_on_exit, progress=progress)
 
     # ----------------------------------------------------------------- paths
 
@@ -360,17 +295,9 @@ class LocalKafka:
     def config_file(self) -> Path:
         return self.data_dir / "server.properties"
 
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "kafka.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "kafka.pid"
-
-    def _say(self, message: str) -> None:
-        if self._progress is not None:
-            self._progress(message)
+    def owns(self, command_line: str) -> bool:
+        """The broker runs `kafka.Kafka` with this instance's configuration file."""
+        return "kafka.Kafka" in command_line and str(self.config_file) in command_line
 
     # -------------------------------------------------------------- assembly
 
@@ -396,7 +323,7 @@ class LocalKafka:
         """
         if self.is_assembled():
             return self.lib_dir
-        with _locked(self.version_dir / ".assemble.lock"):
+        with locked(self.version_dir / ".assemble.lock"):
             if self.is_assembled():
                 return self.lib_dir
             mvn = shutil.which("mvn")
@@ -451,7 +378,7 @@ class LocalKafka:
             if code != 0:
                 raise LocalKafkaError(
                     f"mvn failed (exit {code}) assembling Kafka {self.version}; "
-                    f"is the version on Maven Central?\n{_tail(mvn_log)}"
+                    f"is the version on Maven Central?\n{tail(mvn_log)}"
                 )
             if not (staging / f"kafka_2.13-{self.version}.jar").is_file():
                 raise LocalKafkaError(f"mvn succeeded but no kafka_2.13 jar in {staging}")
@@ -572,42 +499,30 @@ class LocalKafka:
 
     # --------------------------------------------------------------- process
 
-    def pid(self) -> int | None:
-        """The pid of the broker this tool started on this port, if it runs.
+    @property
+    def address(self) -> str:
+        return self.bootstrap_servers
 
-        The command line is checked too, so a stale pid file whose number the
-        kernel has since reused never leads ``stop`` to kill a stranger.
-        """
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        if not _pid_alive(pid):
-            return None
-        cmdline = _cmdline(pid)
-        if cmdline is not None and (
-            "kafka.Kafka" not in cmdline or str(self.config_file) not in cmdline
-        ):
-            return None
-        return pid
+    def answers(self) -> bool:
+        return self.is_answering()
 
-    def is_running(self) -> bool:
-        """True if the broker process this tool started is alive (ready or not)."""
-        return self.pid() is not None
+    def startup_report(self) -> str:
+        return _startup_report(self.log_file)
 
     def is_answering(self, timeout: float = 2.0) -> bool:
         """True if some broker (ours or not) answers a metadata request on the port."""
         return _metadata_probe(self.host, self.port, timeout)
 
-    def start(self, timeout: float = DEFAULT_START_TIMEOUT_S) -> str:
+    def start(self, timeout: float | None = None) -> str:
         """Start the broker if needed and return its bootstrap servers.
 
         Returns as soon as the broker answers a real metadata request; the
         first run includes the Maven assembly and is not bounded by
         ``timeout``, which covers only the JVM coming up.
         """
+        timeout = DEFAULT_START_TIMEOUT_S if timeout is None else timeout
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with _locked(self.data_dir / ".lock"):
+        with locked(self.data_dir / ".lock"):
             pid = self.pid()
             if self.is_answering():
                 if pid is not None:
@@ -619,7 +534,7 @@ class LocalKafka:
                     )
                 return self.bootstrap_servers
             if pid is None:
-                if _tcp_open(self.host, self.port):
+                if tcp_open(self.host, self.port):
                     raise LocalKafkaError(
                         f"port {self.port} is in use by something that is not a Kafka "
                         "broker; pick another --port"
@@ -636,139 +551,23 @@ class LocalKafka:
             return self.bootstrap_servers
 
     def _spawn(self, controller_port: int) -> int:
-        if self.log_file.exists() and self.log_file.stat().st_size > _LOG_ROLL_BYTES:
-            self.log_file.replace(self.log_file.with_suffix(".log.1"))
-        cmd = [
-            self._java(),
-            *self.jvm_opts,
-            f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
-            f"-Dkafka.logs.dir={self.data_dir}",
-            "-cp",
-            self._classpath(),
-            "kafka.Kafka",
-            str(self.config_file),
-        ]
-        with self.log_file.open("ab") as log:
-            log.write(f"\n{_RUN_MARKER} {time.ctime()} =====\n".encode())
-            log.flush()
-            # Own session: Ctrl-C in the shell that ran `start`, or the end of a
-            # pytest run, must not take the broker down mid-write; `stop` signals
-            # the whole group instead.
-            self._proc = subprocess.Popen(
-                cmd,
-                cwd=self.data_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
-        self.pid_file.write_text(f"{self._proc.pid}\n")
+        pid = self._launch(
+            [
+                self._java(),
+                *self.jvm_opts,
+                f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
+                f"-Dkafka.logs.dir={self.data_dir}",
+                "-cp",
+                self._classpath(),
+                "kafka.Kafka",
+                str(self.config_file),
+            ]
+        )
         self._say(
-            f"started broker pid {self._proc.pid} on {self.bootstrap_servers} "
+            f"started broker pid {pid} on {self.bootstrap_servers} "
             f"(controller {self.host}:{controller_port}); log {self.log_file}"
         )
-        return self._proc.pid
-
-    def _wait_ready(self, pid: int, timeout: float) -> None:
-        started = time.monotonic()
-        deadline = started + timeout
-        while time.monotonic() < deadline:
-            if not self._alive(pid):
-                self.pid_file.unlink(missing_ok=True)
-                raise LocalKafkaError(
-                    f"Kafka broker exited during startup; {_startup_report(self.log_file)}"
-                )
-            if _metadata_probe(self.host, self.port, timeout=2.0):
-                self._say(f"broker ready in {time.monotonic() - started:.1f}s")
-                return
-            time.sleep(0.25)
-        report = _startup_report(self.log_file)
-        self._stop_pid(pid, timeout=15.0)
-        self.pid_file.unlink(missing_ok=True)
-        raise LocalKafkaError(
-            f"Kafka broker did not answer on {self.bootstrap_servers} within {timeout:.0f}s "
-            f"(stopped it); {report}"
-        )
-
-    def _alive(self, pid: int) -> bool:
-        if self._proc is not None and self._proc.pid == pid:
-            return self._proc.poll() is None
-        return _pid_alive(pid)
-
-    def _stop_pid(self, pid: int, timeout: float) -> None:
-        def signal_group(sig: signal.Signals) -> None:
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                os.kill(pid, sig)
-
-        # SIGTERM runs the broker's shutdown hook: a controlled shutdown that
-        # flushes and closes logs cleanly, so the next start skips recovery.
-        signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._alive(pid):
-            time.sleep(0.1)
-        if self._alive(pid):
-            self._say(f"broker pid {pid} ignored SIGTERM for {timeout:.0f}s; sending SIGKILL")
-            signal_group(signal.SIGKILL)
-            kill_deadline = time.monotonic() + 10
-            while time.monotonic() < kill_deadline and self._alive(pid):
-                time.sleep(0.1)
-        if self._proc is not None and self._proc.pid == pid:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=1)
-            self._proc = None
-
-    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> bool:
-        """Stop the broker this tool started; True if one was running.
-
-        A broker on the port that this tool did not start (e.g. from
-        docker-compose) is left alone.
-        """
-        if not self.data_dir.is_dir():
-            return False
-        with _locked(self.data_dir / ".lock"):
-            return self._stop_locked(timeout)
-
-    def _stop_locked(self, timeout: float) -> bool:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        started = time.monotonic()
-        self._stop_pid(pid, timeout)
-        self.pid_file.unlink(missing_ok=True)
-        self._say(f"stopped broker pid {pid} in {time.monotonic() - started:.1f}s")
-        return True
-
-    def wipe(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """Stop the broker and delete its data dir; the assembled jars stay."""
-        if not self.data_dir.is_dir():
-            return
-        with _locked(self.data_dir / ".lock"):
-            self._stop_locked(timeout)
-            shutil.rmtree(self.data_dir)
-        self._say(f"wiped {self.data_dir}")
-
-    # ------------------------------------------------------- context manager
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self.wipe_on_exit:
-            self.wipe()
-        else:
-            self.stop()
+        return pid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -801,28 +600,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "assemble":
             print(kafka.assemble())
-        elif args.command == "start":
-            print(kafka.start(timeout=args.timeout or DEFAULT_START_TIMEOUT_S))
-        elif args.command == "stop":
-            if not kafka.stop(timeout=args.timeout or DEFAULT_STOP_TIMEOUT_S):
-                _print_progress(f"no broker started by this tool runs on port {args.port}")
-        elif args.command == "wipe":
-            kafka.wipe(timeout=args.timeout or DEFAULT_STOP_TIMEOUT_S)
-        else:
-            pid = kafka.pid()
-            answering = kafka.is_answering()
-            if pid is not None:
-                state = "running (ready)" if answering else "running (not answering yet)"
-                print(f"{state}: pid {pid}, {kafka.bootstrap_servers}, data {kafka.data_dir}")
-            elif answering:
-                print(f"a broker not started by this tool answers on {kafka.bootstrap_servers}")
-            else:
-                print(f"not running on port {args.port}")
-                return 3
+            return 0
+        return lifecycle_command(kafka, args.command, args.port, args.timeout)
     except LocalKafkaError as err:
         print(f"local-kafka: error: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
