@@ -33,30 +33,45 @@ GPU_VENV="${GPU_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/anomaly-platform/venv-gpu}
 ORT_GPU="${ORT_GPU:-onnxruntime-gpu[cuda,cudnn]>=1.18,<2}"
 MODEL_SIZE="${MODEL_SIZE:-fixture}"
 
-if [[ ! -x "$GPU_VENV/bin/python" ]]; then
-  echo "[gpu_bench] creating $GPU_VENV" >&2
-  "$PYTHON" -m venv "$GPU_VENV"
-  "$GPU_VENV/bin/python" -m pip install -q --upgrade pip
-fi
-# The project with its `gpu` extra, then both onnxruntime builds out and the GPU build in:
-# installed side by side they overwrite each other's files, and uninstalling either deletes
-# the shared module. (`pip check` will then name the missing CPU `onnxruntime`: intended.)
-"$GPU_VENV/bin/python" -m pip install -q -e ".[gpu]"
-"$GPU_VENV/bin/python" -m pip uninstall -q -y onnxruntime onnxruntime-gpu
-"$GPU_VENV/bin/python" -m pip install -q "$ORT_GPU"
-
-if ! "$GPU_VENV/bin/python" - <<'PY'
+# The GPU build as the project's serving code sees it (services.serving.runtime.cuda_available
+# loads CUDA/cuDNN through preload_dlls only when the installed onnxruntime is the GPU build).
+gpu_ready() {
+  "$GPU_VENV/bin/python" - <<'PY'
 import sys
+
+from services.serving.runtime import cuda_available
 
 import onnxruntime as ort
 
-if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels
-    ort.preload_dlls()
-providers = ort.get_available_providers()
-print(f"onnxruntime {ort.__version__} ({ort.get_device()}): {providers}")
-sys.exit(0 if "CUDAExecutionProvider" in providers else 1)
+ok = cuda_available()
+print(f"onnxruntime {ort.__version__} ({ort.get_device()}): {ort.get_available_providers()}")
+sys.exit(0 if ok else 1)
 PY
-then
+}
+
+if [[ -x "$GPU_VENV/bin/python" ]] && gpu_ready 2>/dev/null; then
+  echo "[gpu_bench] $GPU_VENV already has the project and onnxruntime-gpu: no install" >&2
+else
+  if [[ ! -x "$GPU_VENV/bin/python" ]]; then
+    echo "[gpu_bench] creating $GPU_VENV" >&2
+    "$PYTHON" -m venv "$GPU_VENV"
+  fi
+  # The project with its `gpu` extra, then both onnxruntime builds out and the GPU build in:
+  # installed side by side they overwrite each other's files, and uninstalling either deletes
+  # the shared module. (`pip check` will then name the missing CPU `onnxruntime`: intended.)
+  # Offline (a GPU host that reaches no index): a wheelhouse made elsewhere with
+  # `pip download -d wheels -e ".[gpu]" "$ORT_GPU"` serves through pip's own settings,
+  # PIP_NO_INDEX=1 PIP_FIND_LINKS=wheels scripts/gpu_bench.sh.
+  if ! { "$GPU_VENV/bin/python" -m pip install -q -e ".[gpu]" &&
+    "$GPU_VENV/bin/python" -m pip uninstall -q -y onnxruntime onnxruntime-gpu &&
+    "$GPU_VENV/bin/python" -m pip install -q "$ORT_GPU"; }; then
+    echo "gpu_bench: installing the project and $ORT_GPU into $GPU_VENV failed; without" \
+      "network access use a wheelhouse (PIP_NO_INDEX=1 PIP_FIND_LINKS=<dir>, see above)." >&2
+    exit 1
+  fi
+fi
+
+if ! gpu_ready; then
   echo "gpu_bench: a GPU is present but onnxruntime offers no CUDAExecutionProvider;" \
     "check the driver against the CUDA version of $ORT_GPU (nvidia-smi shows the driver)." >&2
   exit 1
