@@ -42,6 +42,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from local_kafka import free_port  # noqa: E402
 from local_platform import STRATEGIES, PlatformOptions, RunningPlatform, platform  # noqa: E402
+from pipeline_monitor import PipelineMonitor  # noqa: E402
 
 from loadtest.e2e_metrics import (  # noqa: E402
     DecisionLedger,
@@ -99,6 +100,7 @@ def drive(stack: RunningPlatform, args: argparse.Namespace) -> dict[str, Any]:
     topics = cfg.kafka.topics
     ledger = DecisionLedger(prefix=f"g{args.seed}-")
     reader = ScoresReader(cfg, ledger).start()
+    features = PipelineMonitor(cfg).start()  # event -> features: the ingest half of the path
     sampler = OffsetSampler(
         cfg,
         (topics.events.name, topics.features.name, topics.scores.name, topics.dlq.name),
@@ -173,10 +175,12 @@ def drive(stack: RunningPlatform, args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(2.0)
     sampler.stop()
     reader.stop()
+    features.stop()
     last = sampler.sample()
     usage, machine_busy = table.finish({"generator": gen_cpu})
     return {
         "ledger": ledger,
+        "event_to_features": features.overall_latency(),
         "samples": [*sampler.samples, last],
         "missed_samples": sampler.missed,
         "before": before,
@@ -272,6 +276,7 @@ def build_report(raw: dict[str, Any], args: argparse.Namespace, load_before: tup
             "drain_complete": raw["drain_complete"],
         },
         "latency_ms": {
+            "event_to_features": raw.get("event_to_features", {}),
             "event_to_decision": lat_decided,
             "event_to_decision_visible": lat_visible,
             "event_to_alert_page": alerts.page_latency_ms,

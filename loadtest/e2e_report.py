@@ -46,6 +46,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"| decisions per s over the whole run (first event to last decision) | "
         f"{tp['overall_decisions_per_s']:,.0f} (drain {tp['drain_s']:.1f} s after the "
         "generator stopped) |",
+        f"| event -> feature vector read from `features`, p50 / p99 ms | "
+        f"{_ms(lat.get('event_to_features', {}))} |",
         f"| event -> decision (router's `decided_at`), p50 / p99 ms | "
         f"{_ms(lat['event_to_decision'])} |",
         f"| event -> decision visible on `scores`, p50 / p99 ms | "
