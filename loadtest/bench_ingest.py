@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from confluent_kafka import Consumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -148,11 +149,12 @@ def run_one(
         samples = []
         gen_cpu = 0.0
         urls = [f"http://127.0.0.1:{port}/metrics" for _, port in replicas]
+        lag_of = _CommittedLag(cfg)
         while gen.poll() is None:
             time.sleep(2.0)
             gen_cpu = max(gen_cpu, cpu_seconds(gen.pid))
             snap = monitor.snapshot()
-            snap.consumer_lag = _lag(urls)
+            snap.consumer_lag = lag_of()
             samples.append(snap)
             print(
                 f"[bench] {store} t={snap.elapsed_s:5.1f}s features {snap.features_per_s:>9,.0f}/s"
@@ -168,6 +170,14 @@ def run_one(
         elapsed = time.monotonic() - started
         cpu1 = {k: cpu_seconds(p) for k, p in pids.items() if p}
         final = monitor.snapshot()
+        # Offsets are committed once features and online-store rows are durable: the time to
+        # a zero committed lag after the last feature is how far the online store trailed.
+        lag_at_end = lag_of()
+        caught_up = time.monotonic()
+        while lag_of() > 0 and time.monotonic() < caught_up + 60:
+            time.sleep(0.25)
+        committed_after = time.monotonic() - caught_up
+        online = _online_writes(urls)
         lat = monitor.overall_latency()
         steady = [s.features_per_s for s in samples[2:-1]] or [s.features_per_s for s in samples]
         cpu = {k: round(cpu1[k] - cpu0[k], 1) for k in cpu1}
@@ -187,7 +197,9 @@ def run_one(
             "overall_features_per_s": final.features / elapsed,
             "event_to_features_ms": lat,
             "max_consumer_lag": max((s.consumer_lag or 0 for s in samples), default=0),
-            "final_consumer_lag": _lag(urls),
+            "final_consumer_lag": lag_at_end,
+            "all_committed_after_s": round(committed_after, 1),
+            "online_store": online,
             "cpu_seconds": {**cpu, "ingest": round(ingest_cpu, 1), "generator": round(gen_cpu, 1)},
             "ingest_cpu_us_per_event": round(ingest_cpu / max(final.features, 1) * 1e6, 2),
             "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
@@ -206,13 +218,53 @@ def run_one(
             log.close()
 
 
-def _lag(urls: list[str]) -> float | None:
-    """Consumer lag summed over the replicas (None while none reports it yet)."""
-    lags = [
-        scrape(u, {"anomaly_ingest_consumer_lag"}).get("anomaly_ingest_consumer_lag") for u in urls
-    ]
-    known = [lag for lag in lags if lag is not None]
-    return sum(known) if known else None
+class _CommittedLag:
+    """Events not yet committed by the ingest group: high watermark minus committed offset.
+
+    Read from the broker (a consumer that never joins the group), so it counts what a restart
+    would re-deliver, exactly, and not the 5-s-old statistics the services report.
+    """
+
+    def __init__(self, cfg: PlatformConfig) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": cfg.kafka.bootstrap_servers,
+                "group.id": cfg.ingest.group_id,
+                "enable.auto.commit": False,
+            }
+        )
+        self._topic = cfg.kafka.topics.events.name
+        self._partitions = [
+            TopicPartition(self._topic, p) for p in range(cfg.kafka.topics.events.partitions)
+        ]
+
+    def __call__(self) -> int:
+        lag = 0
+        for tp in self._consumer.committed(self._partitions, timeout=10):
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            lag += high - (tp.offset if tp.offset >= 0 else low)
+        return lag
+
+
+def _online_writes(urls: list[str]) -> dict[str, float]:
+    """Online-store writes of all replicas: count, rows and mean seconds per write."""
+    names = {
+        "anomaly_ingest_online_write_seconds_sum",
+        "anomaly_ingest_online_write_seconds_count",
+        "anomaly_ingest_online_rows_total",
+    }
+    total: dict[str, float] = {}
+    for url in urls:
+        for name, value in scrape(url, names).items():
+            total[name] = total.get(name, 0.0) + value
+    writes = total.get("anomaly_ingest_online_write_seconds_count", 0.0)
+    return {
+        "writes": writes,
+        "rows": total.get("anomaly_ingest_online_rows_total", 0.0),
+        "mean_write_s": round(
+            total.get("anomaly_ingest_online_write_seconds_sum", 0.0) / max(writes, 1), 3
+        ),
+    }
 
 
 def _generated_count(output: str) -> int:
@@ -243,9 +295,10 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
 def table(results: list[dict[str, Any]]) -> str:
     rows = [
         "| store | variant | replicas | target/s | sustained features/s | overall/s | p50 ms "
-        "| p99 ms | max / final lag | ingest CPU µs/event "
+        "| p99 ms | max / final lag | committed after s | online writes (mean s) "
+        "| ingest CPU µs/event "
         "| CPU s (ingest / broker / generator / reader) | load avg before→after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lat = r["event_to_features_ms"]
@@ -256,6 +309,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{r['sustained_features_per_s']:,.0f} | {r['overall_features_per_s']:,.0f} | "
             f"{lat.get('p50', 0):,.0f} | {lat.get('p99', 0):,.0f} | "
             f"{r['max_consumer_lag'] or 0:,.0f} / {r['final_consumer_lag'] or 0:,.0f} | "
+            f"{r['all_committed_after_s']} | {r['online_store']['writes']:.0f} "
+            f"({r['online_store']['mean_write_s']}) | "
             f"{r['ingest_cpu_us_per_event']} | {cpu.get('ingest')} / {cpu.get('broker')} / "
             f"{cpu.get('generator')} / {cpu.get('bench reader')} | {load[0]} → {load[1]} |"
         )

@@ -26,6 +26,7 @@ Windows always end at the newest time seen for the entity.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -182,11 +183,17 @@ class FeatureEngine:
         self._capacity = new
 
     def slots_for(self, entity_ids: list[str], partition: npt.NDArray[np.int32]) -> I64:
-        """Slot of each entity, allocating fresh (blank) slots for new ones."""
-        out = np.empty(len(entity_ids), dtype=np.int64)
+        """Slot of each entity, allocating fresh (blank) slots for new ones.
+
+        Known entities are looked up in one C-level pass (`map` over `dict.get`); only the
+        rows of entities seen for the first time take the Python path that allocates.
+        """
         slot_of = self._slot_of
-        for i, entity in enumerate(entity_ids):
-            slot = slot_of.get(entity)
+        n = len(entity_ids)
+        out = np.fromiter(map(slot_of.get, entity_ids, repeat(-1, n)), dtype=np.int64, count=n)
+        for i in np.flatnonzero(out < 0).tolist():
+            entity = entity_ids[i]
+            slot = slot_of.get(entity)  # an entity new to this batch may occur twice in it
             if slot is None:
                 if not self._free:
                     self._grow()
