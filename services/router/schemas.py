@@ -33,7 +33,8 @@ from pydantic import (
 
 from services.common.anomaly_types import AnomalyType
 from services.common.features.definition import FEATURE_DOCS, FEATURE_NAMES
-from services.router.core import ScoringCore
+from services.router.coalescing import Coalescer
+from services.router.core import ScoredBatch, ScoringCore
 
 if TYPE_CHECKING:  # importing Feast takes seconds; a door given explicit features needs none
     from services.common.feast_store.reader import OnlineFeatureReader
@@ -297,21 +298,41 @@ def invalid_request(problems: Sequence[str]) -> RouterError:
 # --------------------------------------------------------------------------- the shared path
 
 
+F32Matrix = np.ndarray[Any, np.dtype[np.float32]]
+_ToScore = tuple[list[str], list[str], F32Matrix]
+"""(event ids, entity ids, feature rows) of one request."""
+
+
 class RequestScorer:
     """From validated items to decisions: the one path both doors take into the core.
 
     Items without features are read from the online store in one batched read per request.
     Store reads are blocking calls (SQLite, redis-py), so they run on one worker thread of
     their own: never on the event loop, and never concurrently on one SQLite connection.
+    Concurrent requests share store reads and model calls (`coalescing.Coalescer`): at most
+    `max_concurrent` scoring calls are in flight, and what arrives meanwhile goes together in
+    the next one; a lone request waits for nothing.
     """
 
     def __init__(
-        self, core: ScoringCore, reader: OnlineFeatureReader | None, *, max_items: int
+        self,
+        core: ScoringCore,
+        reader: OnlineFeatureReader | None,
+        *,
+        max_items: int,
+        max_concurrent: int = 2,
     ) -> None:
         self.core = core
         self.reader = reader
         self.max_items = max_items
         self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-read")
+        self._read_calls: Coalescer[list[str], F32Matrix] = Coalescer(
+            self._read_many, len, max_size=max(max_items, 1_000), max_concurrent=1
+        )
+        self._score_calls: Coalescer[_ToScore, tuple[ScoredBatch, int]] = Coalescer(
+            self._score_many, lambda r: len(r[0]), max_size=max(max_items, 1_000),
+            max_concurrent=max_concurrent,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Stop the reader thread (requests in flight finish first)."""
@@ -335,13 +356,38 @@ class RequestScorer:
                 matrix[i] = [item.features[name] for name in FEATURE_NAMES]
         if stored:
             matrix[stored] = await self._read([items[i].entity_id for i in stored])
-        batch = await self.core.score(
-            [item.event_id or uuid.uuid4().hex for item in items],
-            [item.entity_id for item in items],
-            matrix,
-            track_sequences=False,
+        batch, start = await self._score_calls.submit(
+            (
+                [item.event_id or uuid.uuid4().hex for item in items],
+                [item.entity_id for item in items],
+                matrix,
+            )
         )
-        return [Decision.model_validate(batch.record(i)) for i in range(len(batch))]
+        return [Decision.model_validate(batch.record(i)) for i in range(start, start + len(items))]
+
+    async def _score_many(self, requests: list[_ToScore]) -> list[tuple[ScoredBatch, int]]:
+        """One core call for the rows of several requests; each gets (batch, first row)."""
+        if len(requests) == 1:
+            event_ids, entity_ids, matrix = requests[0]
+        else:
+            event_ids = [e for r in requests for e in r[0]]
+            entity_ids = [e for r in requests for e in r[1]]
+            matrix = np.concatenate([r[2] for r in requests])
+        batch = await self.core.score(event_ids, entity_ids, matrix, track_sequences=False)
+        starts = np.cumsum([0] + [len(r[0]) for r in requests[:-1]]).tolist()
+        return [(batch, start) for start in starts]
+
+    async def _read_many(self, requests: list[list[str]]) -> list[F32Matrix]:
+        """One store read for the entities of several requests, split back per request."""
+        reader = self._require_reader()
+        ids = requests[0] if len(requests) == 1 else [e for r in requests for e in r]
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(self._reads, reader.read, ids)
+        out, start = [], 0
+        for r in requests:
+            out.append(rows[start : start + len(r)])
+            start += len(r)
+        return out
 
     async def features(self, entity_id: str) -> EntityFeatures:
         """The entity's latest stored features; 404 when the store does not know it."""
@@ -367,10 +413,9 @@ class RequestScorer:
         return self.reader
 
     async def _read(self, entity_ids: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
-        reader = self._require_reader()
-        loop = asyncio.get_running_loop()
+        self._require_reader()
         try:
-            rows = await loop.run_in_executor(self._reads, reader.read, entity_ids)
+            rows = await self._read_calls.submit(entity_ids)
         except Exception as exc:
             _raise_with_status(exc)
             raise
