@@ -1,15 +1,20 @@
 """The router's REST and gRPC doors on real ports, over real model servers and a real Feast
 online store: scoring by entity and by features, flags hot-reloaded from the file (version
-pins, disabled models), a model outage, auth, and an OpenAPI fuzz run that must find no 5xx.
+pins, disabled models), a model outage, validation, limits and auth through both doors (the
+same message for the same mistake), gRPC health, and an OpenAPI fuzz run that must find no
+5xx.
 
 One model-server process serves all three models (every xgboost version side by side); the
 doors run as the router runs them: REST (uvicorn) and gRPC in one event loop, here in a
-background thread, with the configuration reloader watching the file.
+background thread, with the configuration reloader watching the file. One router serves the
+whole module; tests that need other settings (an outage) start their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -24,6 +29,7 @@ import pytest
 import schemathesis
 import uvicorn
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from local_kafka import free_port
 from prometheus_client import CollectorRegistry
@@ -51,14 +57,20 @@ from services.router.grpc_door import create_grpc_server
 from services.router.metrics import RouterMetrics
 from services.router.model_clients import CircuitBreaker, V2ModelClient
 from services.router.rest import create_app
+from services.router.schemas import Decision
 from tests.integration.conftest import ModelServer
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "integration-key-0123456789"
+ROTATED = "second-key-for-rotation"
 AUTH = {"X-API-Key": KEY}
 ENTITIES = [f"acct-{i:04d}" for i in range(20)]
+GAP = "acct-gap"
+"""Stored with one feature missing (null in the store)."""
+MAX_ITEMS = 200
+MAX_BODY = 65_536
 ALL_MODELS = {m.value for m in ModelName}
 T = TypeVar("T")
 
@@ -95,7 +107,11 @@ def platform_config(
             "registry_path": str(work / "registry.db"),
             "online_store": {"type": "sqlite", "path": str(work / "online.db")},
         },
-        "router": {"api_keys": [KEY], "max_batch_items": 200},
+        "router": {
+            "api_keys": [KEY, ROTATED],
+            "max_batch_items": MAX_ITEMS,
+            "max_body_bytes": MAX_BODY,
+        },
         "flags": flags or {},
     }
 
@@ -110,6 +126,9 @@ def online_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, npt.NDA
     matrix = rng.lognormal(0, 1, (len(ENTITIES), len(FEATURE_NAMES))).astype(np.float32)
     writer = OnlineFeatureWriter(open_store(cfg.feast), cfg.feast)
     writer.write_latest(ENTITIES, np.full(len(ENTITIES), 1_700_000_000_000, np.int64), matrix)
+    gap = np.ones((1, len(FEATURE_NAMES)), np.float32)
+    gap[0, 3] = np.nan
+    writer.write_latest([GAP], np.array([1_700_000_000_000], np.int64), gap)
     return work, matrix
 
 
@@ -146,7 +165,12 @@ class Router:
             for m, endpoint in cfg.serving.endpoints.items()
         }
         core = ScoringCore(self.live, self.clients, metrics=self.metrics)
-        ready = lambda: (True, "ok")  # noqa: E731
+        self.core = core
+        self.is_ready = True
+
+        def ready() -> tuple[bool, str]:
+            return (self.is_ready, "ok" if self.is_ready else "model servers not reachable")
+
         app = create_app(core, self.reader, self.live, self.metrics, ready, registry=self.registry)
         self.http = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.http_port, log_level="warning")
@@ -178,6 +202,11 @@ class Router:
     def score(self, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
         return httpx.post(f"{self.base}/v1/score", json=body, headers=AUTH if headers is None
                           else headers, timeout=30)  # fmt: skip
+
+    def score_raw(self, content: Any) -> httpx.Response:
+        """A body sent as it is (not JSON-encoded by the client)."""
+        headers = {**AUTH, "content-type": "application/json"}
+        return httpx.post(f"{self.base}/v1/score", content=content, headers=headers, timeout=30)
 
     def decisions(self, body: Any) -> list[dict[str, Any]]:
         r = self.score(body)
@@ -350,17 +379,277 @@ def test_model_outage_gives_degraded_decisions_not_errors(
         outage.close()
 
 
-def test_auth_is_required_on_v1_but_not_on_probes(router: Router) -> None:
-    r = router.score({"entity_id": ENTITIES[0]}, headers={})
-    assert r.status_code == 401 and "WWW-Authenticate" in r.headers
-    bearer = router.score({"entity_id": ENTITIES[0]}, headers={"Authorization": f"Bearer {KEY}"})
-    assert bearer.status_code == 200
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
-        assert httpx.get(router.base + path).status_code == 200, path
+def test_auth_by_api_key_or_bearer_on_v1_only(router: Router) -> None:
+    body = {"entity_id": ENTITIES[0]}
+
+    def post(headers: dict[str, str]) -> httpx.Response:
+        return router.score(body, headers=headers)
+
+    r = {
+        "none": post({}),
+        "wrong": post({"X-API-Key": "nope"}),
+        "basic": post({"Authorization": "Basic x"}),
+        "key": post(AUTH),
+        "bearer": post({"Authorization": f"bearer {KEY}"}),
+        "rotated": post({"X-API-Key": ROTATED}),
+        "features": httpx.get(f"{router.base}/v1/entities/{ENTITIES[0]}/features"),
+        **{p: httpx.get(router.base + p) for p in ("/healthz", "/readyz", "/metrics",
+                                                     "/openapi.json")},
+    }  # fmt: skip
+    for name in ("none", "wrong", "basic", "features"):
+        assert r[name].status_code == 401, name
+        assert r[name].headers["www-authenticate"].startswith("Bearer")
+    assert "authentication required" in r["none"].json()["error"]
+    assert "invalid" in r["wrong"].json()["error"]
+    for name in ("key", "bearer", "rotated", "/healthz", "/readyz", "/metrics", "/openapi.json"):
+        assert r[name].status_code == 200, name
+    schemes = r["/openapi.json"].json()["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
+    assert "anomaly_router_decisions_total" in r["/metrics"].text
+
+
+def test_grpc_auth_by_metadata(router: Router) -> None:
     pb2 = proto.load().pb2
+    request = pb2.ScoreRequest(items=[pb2.ScoreItem(entity_id=ENTITIES[0])])
+    for metadata in ((), (("x-api-key", "nope"),)):
+        with pytest.raises(grpc.RpcError) as info:
+            router.grpc_score(request, metadata)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert len(router.grpc_score(request, (("authorization", f"Bearer {KEY}"),)).decisions) == 1
+    assert len(router.grpc_score(request, (("x-api-key", ROTATED),)).decisions) == 1
+
+
+def test_readiness_follows_the_check_on_both_doors(router: Router) -> None:
+    async def health(service: str) -> Any:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                return (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert asyncio.run(health("anomaly.v1.Scoring")) == serving
+    assert asyncio.run(health("nope")) == grpc.StatusCode.NOT_FOUND
+    router.is_ready = False
+    try:
+        r = httpx.get(f"{router.base}/readyz")
+        assert r.status_code == 503 and "not reachable" in r.text
+        assert asyncio.run(health("")) == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        router.is_ready = True
+    assert httpx.get(f"{router.base}/readyz").status_code == 200
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def features(value: float = 1.0) -> dict[str, float]:
+    return dict.fromkeys(FEATURE_NAMES, value)
+
+
+def test_explicit_features_need_no_store_and_batches_keep_their_order(router: Router) -> None:
+    (one,) = router.decisions({"entity_id": "not-in-store", "event_id": "e-1",
+                               "features": features()})  # fmt: skip
+    assert one["event_id"] == "e-1" and one["entity_id"] == "not-in-store"
+    assert set(one["model_scores"]) == ALL_MODELS and one["degraded"] is False
+    items = [{"entity_id": ENTITIES[5]}, {"entity_id": "x", "features": features(3.0)},
+             {"entity_id": ENTITIES[6], "event_id": "mine"}]  # fmt: skip
+    decisions = router.decisions({"items": items})
+    assert [d["entity_id"] for d in decisions] == [ENTITIES[5], "x", ENTITIES[6]]
+    assert decisions[2]["event_id"] == "mine"
+    assert len(decisions[0]["event_id"]) == 32  # generated
+
+
+def test_requests_leave_the_stream_history_alone(router: Router) -> None:
+    router.decisions({"entity_id": ENTITIES[7]})
+    assert ENTITIES[7] not in router.core.sequences
+
+
+def test_concurrent_requests_each_get_their_own_decisions(router: Router) -> None:
+    """Requests in flight together share store reads and model calls; none may get another's
+    decisions, and one request's unknown entity fails only that request."""
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=router.base, headers=AUTH, timeout=30) as c:
+            bodies: list[Any] = [{"entity_id": e, "event_id": f"c-{e}"} for e in ENTITIES]
+            bodies.append({"entity_id": "ghost"})
+            bodies.append({"items": [{"entity_id": e} for e in ENTITIES[:3]]})
+            return list(await asyncio.gather(*(c.post("/v1/score", json=b) for b in bodies)))
+
+    before = router.registry.get_sample_value("anomaly_router_model_call_seconds_count",
+                                              {"model_name": "xgboost"}) or 0.0  # fmt: skip
+    responses = asyncio.run(burst())
+    for e, r in zip(ENTITIES, responses, strict=False):
+        assert r.status_code == 200, r.text
+        (d,) = r.json()["decisions"]
+        assert (d["entity_id"], d["event_id"]) == (e, f"c-{e}")
+    assert responses[len(ENTITIES)].status_code == 404
+    batch = responses[-1].json()["decisions"]
+    assert [d["entity_id"] for d in batch] == ENTITIES[:3]
+    alone = {d["entity_id"]: d["model_scores"] for d in router.decisions(
+        {"items": [{"entity_id": e} for e in ENTITIES[:3]]})}  # fmt: skip
+    assert {d["entity_id"]: d["model_scores"] for d in batch} == alone
+    calls = router.registry.get_sample_value("anomaly_router_model_call_seconds_count",
+                                             {"model_name": "xgboost"}) or 0.0  # fmt: skip
+    assert calls - before < len(responses) + 1, "concurrent requests did not share calls"
+
+
+def test_stored_row_with_missing_values_is_409_and_shown_as_null(router: Router) -> None:
+    r = router.score({"entity_id": GAP})
+    assert r.status_code == 409 and FEATURE_NAMES[3] in r.json()["error"]
+    shown = httpx.get(f"{router.base}/v1/entities/{GAP}/features", headers=AUTH)
+    values = shown.json()["features"]
+    assert list(values) == list(FEATURE_NAMES)
+    assert values[FEATURE_NAMES[3]] is None and values[FEATURE_NAMES[0]] == 1.0
+    ghost = httpx.get(f"{router.base}/v1/entities/ghost/features", headers=AUTH)
+    assert ghost.status_code == 404 and "'ghost'" in ghost.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"entity_id": "a", "features": {**features(), "count_1m": "1"}},
+         "features.count_1m = '1': Input should be a valid number"),
+        ({"entity_id": "a", "features": {k: v for k, v in features().items() if k != "count_5m"}},
+         "features: missing 1 feature(s): count_5m"),
+        ({"entity_id": "a", "features": {**features(), "colour": 1.0}},
+         "features: unknown feature(s): colour"),
+        ({"entity_id": "a", "features": {**features(), "log_amount": 1e300}},
+         "outside the float32 range of the models: log_amount"),
+        ({"entity_id": "a", "priority": 1}, "priority: unknown field"),
+        ({"event_id": "e"}, "entity_id: required"),
+        ({"entity_id": ""}, "entity_id = '': String should have at least 1 character"),
+        ({"entity_id": 7}, "entity_id = 7: Input should be a valid string"),
+        ({"items": []}, "items: List should have at least 1 item"),
+        ({"items": [{"entity_id": "a"}, {"entity_id": "b", "features": {}}]},
+         "items.1.features: missing 22 feature(s)"),
+        ([1, 2], "body: Input should be a valid dictionary"),
+    ],
+)  # fmt: skip
+def test_invalid_bodies_are_422_with_a_precise_message(
+    router: Router, body: Any, message: str
+) -> None:
+    r = router.score(body)
+    assert r.status_code == 422, r.text
+    assert message in r.json()["error"], r.json()
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_json_numbers_are_422_not_500(router: Router, token: str) -> None:
+    body = json.dumps({"entity_id": "a", "features": features()}).replace("1.0", token, 1)
+    r = router.score_raw(body)
+    assert r.status_code == 422, r.text
+    assert "features.count_1m" in r.json()["error"] and "finite number" in r.json()["error"]
+
+
+@pytest.mark.parametrize("content", [b'{"entity_id": ', b'{"entity_id": "\xff"}', b"\xfe\xff"])
+def test_a_body_that_is_not_json_is_400(router: Router, content: bytes) -> None:
+    r = router.score_raw(content)
+    assert r.status_code == 400, r.text
+    assert "body is not valid JSON" in r.json()["error"]
+
+
+def test_batch_over_the_item_limit_is_413_on_both_doors(router: Router) -> None:
+    r = router.score({"items": [{"entity_id": ENTITIES[0]}] * (MAX_ITEMS + 1)})
+    assert r.status_code == 413
+    assert (
+        f"{MAX_ITEMS + 1} items exceeds the limit of {MAX_ITEMS} (router.max_batch_items)"
+        in (r.json()["error"])
+    )
+    pb2 = proto.load().pb2
+    many = pb2.ScoreRequest(items=[pb2.ScoreItem(entity_id=ENTITIES[0])] * (MAX_ITEMS + 1))
     with pytest.raises(grpc.RpcError) as info:
-        router.grpc_score(pb2.ScoreRequest(items=[pb2.ScoreItem(entity_id=ENTITIES[0])]), ())
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        router.grpc_score(many)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "router.max_batch_items" in info.value.details()
+
+
+def test_body_over_the_size_limit_is_413_declared_or_streamed(router: Router) -> None:
+    big = json.dumps({"items": [{"entity_id": "acct-1", "features": features()}] * 150})
+    assert len(big) > MAX_BODY
+    assert router.score_raw(big).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        for i in range(0, len(big), 4096):
+            yield big[i : i + 4096].encode()
+
+    r = router.score_raw(chunks())
+    assert r.status_code == 413 and "router.max_body_bytes" in r.json()["error"]
+
+
+def test_openapi_publishes_the_exact_feature_schema(router: Router) -> None:
+    spec = httpx.get(f"{router.base}/openapi.json").json()
+    item = spec["components"]["schemas"]["ScoreItem"]
+    assert item["additionalProperties"] is False
+    (features_schema,) = [s for s in item["properties"]["features"]["anyOf"] if "properties" in s]
+    assert features_schema["required"] == list(FEATURE_NAMES)
+    assert features_schema["additionalProperties"] is False
+    responses = spec["paths"]["/v1/score"]["post"]["responses"]
+    assert {"200", "404", "413", "422"} <= set(responses)
+
+
+def test_decision_model_has_exactly_the_core_record_fields(router: Router) -> None:
+    """A field the core adds to its records must be added to the published answer too."""
+    batch = router.run(router.core.score(["e"], ["a"], np.ones((1, len(FEATURE_NAMES)),
+                                                                np.float32),
+                                         track_sequences=False))  # fmt: skip
+    assert list(batch.record(0)) == list(Decision.model_fields)
+
+
+# --------------------------------------------------------------------------- gRPC requests
+
+
+def test_grpc_scores_by_entity_by_map_and_by_vector(router: Router) -> None:
+    pb2 = proto.load().pb2
+    request = pb2.ScoreRequest(items=[
+        pb2.ScoreItem(entity_id=ENTITIES[0]),
+        pb2.ScoreItem(entity_id="m", event_id="e-2", by_name=pb2.FeatureMap(values=features(2.0))),
+        pb2.ScoreItem(entity_id="v", vector=pb2.FeatureVector(values=[2.0] * len(FEATURE_NAMES))),
+    ])  # fmt: skip
+    d = router.grpc_score(request).decisions
+    assert [x.entity_id for x in d] == [ENTITIES[0], "m", "v"]
+    assert d[1].event_id == "e-2"
+    assert set(d[0].model_scores) == ALL_MODELS
+    assert d[0].HasField("score")
+    assert dict(d[1].model_scores) == pytest.approx(dict(d[2].model_scores))  # same features
+
+
+@pytest.mark.parametrize(
+    ("item", "code"),
+    [
+        ({"entity_id": "ghost"}, grpc.StatusCode.NOT_FOUND),
+        ({"entity_id": ""}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"entity_id": "a", "features": {**features(), "count_1m": math.nan}},
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ({"entity_id": "a", "features": {**features(), "colour": 1.0}},
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ({"entity_id": GAP}, grpc.StatusCode.FAILED_PRECONDITION),
+    ],
+)  # fmt: skip
+def test_grpc_errors_match_rest_messages(
+    router: Router, item: dict[str, Any], code: grpc.StatusCode
+) -> None:
+    pb2 = proto.load().pb2
+    message = pb2.ScoreItem(entity_id=item["entity_id"])
+    if "features" in item:
+        message.by_name.values.update(item["features"])
+    with pytest.raises(grpc.RpcError) as info:
+        router.grpc_score(pb2.ScoreRequest(items=[message]))
+    assert info.value.code() == code
+    body = json.dumps({"items": [item]}, allow_nan=True)  # the same item sent to REST
+    assert info.value.details() == router.score_raw(body).json()["error"]
+
+
+def test_grpc_vector_of_the_wrong_length(router: Router) -> None:
+    pb2 = proto.load().pb2
+    short = pb2.ScoreRequest(
+        items=[pb2.ScoreItem(entity_id="v", vector=pb2.FeatureVector(values=[1.0] * 5))]
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        router.grpc_score(short)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expected 22 values in FEATURE_NAMES order, got 5" in info.value.details()
 
 
 # --------------------------------------------------------------------------- OpenAPI fuzzing
