@@ -29,7 +29,6 @@ with `grpc.experimental.gevent` before any channel exists.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import os
 import sys
@@ -51,10 +50,11 @@ from locust.env import Environment
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loadtest.scoring_rows import scoring_rows  # noqa: E402
 from services.common.config.model import KafkaConfig  # noqa: E402
 from services.common.features.definition import FEATURE_NAMES  # noqa: E402
 from services.common.kafka.clients import make_producer  # noqa: E402
-from services.generator import Chunk, EventStream, StreamSpec, generate_batch  # noqa: E402
+from services.generator import Chunk, EventStream, StreamSpec  # noqa: E402
 from services.generator.columns import Columns  # noqa: E402
 
 grpc_gevent.init_gevent()
@@ -296,24 +296,14 @@ def _label_json(label: Any) -> bytes:
 # --------------------------------------------------------------------------- router doors
 
 
-@functools.cache
-def feature_rows() -> tuple[list[str], npt.NDArray[np.float32]]:
-    """(entity ids, feature matrix) of a generated stream, through the one feature definition;
-    computed once per process."""
-    from models.dataset import features_from_events, parse_raw_events
-
-    batch = generate_batch(StreamSpec(seed=7, entities=500), 5_000)
-    data = features_from_events([parse_raw_events(batch.values)])
-    return [data.entity_names[i] for i in data.entity.tolist()], data.matrix
-
-
 class _Scoring:
     """What both door users send: random rows of the feature matrix."""
 
     def setup_rows(self, environment: Environment) -> None:
         opts = environment.parsed_options
         assert opts is not None
-        self.entities, self.matrix = feature_rows()
+        rows = scoring_rows()
+        self.entities, self.matrix = rows.entity_ids, rows.matrix
         self.items = int(opts.items_per_request)
         self.by_entity = opts.score_by == "entity"
         self.api_key = opts.api_key

@@ -22,7 +22,10 @@ import pytest
 import yaml
 from local_kafka import free_port
 
+from loadtest.scoring_rows import scoring_rows
+from services.common.config import parse_config
 from services.common.events import parse_event
+from services.common.feast_store import OnlineFeatureWriter, apply, open_store
 from services.common.model_names import ModelName
 from tests.conftest import TopicsFactory
 from tests.integration.conftest import ModelServer
@@ -97,14 +100,22 @@ def router(
     http, grpc_port = free_port(), free_port()
     endpoint = {"rest_url": model_server.http, "grpc_target": model_server.grpc,
                 "timeout_ms": 5_000}  # fmt: skip
-    config = work / "platform.yaml"
-    config.write_text(yaml.safe_dump({
+    data = {
         "serving": {"endpoints": {m.value: endpoint for m in ModelName}},
         "router": {"http_port": http, "grpc_port": grpc_port},
         "feast": {"repo_path": str(ROOT / "feature_repo"), "project": "locust_doors",
                   "registry_path": str(work / "registry.db"),
                   "online_store": {"type": "sqlite", "path": str(work / "online.db")}},
-    }))  # fmt: skip
+    }  # fmt: skip
+    config = work / "platform.yaml"
+    config.write_text(yaml.safe_dump(data))
+    # The entities the users score by id must be in the online store, as ingest would put them.
+    feast = parse_config(data, "test").feast
+    apply(feast)
+    rows = scoring_rows()
+    OnlineFeatureWriter(open_store(feast), feast).write_latest(
+        rows.entity_ids, rows.ts, rows.matrix
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_")}
     env["ANOMALY_ROUTER__API_KEYS"] = f'["{API_KEY}"]'
     log = work / "router.log"
@@ -129,14 +140,15 @@ def router(
     proc.wait(30)
 
 
+@pytest.mark.parametrize("score_by", ["features", "entity"])
 def test_rest_and_grpc_users_score_without_failures(
-    router: tuple[str, str], tmp_path: Path
+    router: tuple[str, str], tmp_path: Path, score_by: str
 ) -> None:
     url, target = router
     code = run_locust(
-        ["RestScoringUser", "GrpcScoringUser"], tmp_path / "doors", 4,
+        ["RestScoringUser", "GrpcScoringUser"], tmp_path / "doors", 3,
         "--router-url", url, "--router-grpc", target, "--api-key", API_KEY,
-        "--items-per-request", "5",
+        "--items-per-request", "5", "--score-by", score_by,
     )  # fmt: skip
     rows = stats(tmp_path / "doors")
     for name, kind in (("POST /v1/score", "POST"), ("anomaly.v1.Scoring/Score", "grpc")):
