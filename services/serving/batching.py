@@ -12,11 +12,13 @@ How long a batch waits for company is where latency is won or lost. A fixed wind
 2 ms of a 5 ms budget at 1,000 single-row requests/s. Here a batch that opens on an idle model
 waits at most as long as a model call of its size has recently taken (and never more than
 `max_delay_s`): waiting longer than the call it might save cannot pay off (the ski-rental
-rule, within 2x of the best wait in hindsight). So an XGBoost call of 70 us waits ~70 us, an
-Isolation Forest call of ~1 ms waits up to ~1 ms, and a request that arrived while the model
-was busy has already waited and goes at once with the others that queued meanwhile.
+rule, within 2x of the best wait in hindsight). The event loop cannot sleep for less than a
+millisecond, so calls cheaper than that (XGBoost ~0.1 ms, the Transformer ~0.1 ms at one
+row) do not wait at all, an Isolation Forest call of ~1.2 ms waits up to that long, and a
+request that arrived while the model was busy has already waited and goes at once with the
+others that queued meanwhile.
 
-Calls that recently took less than `inline_max_s` of CPU run on the event loop itself:
+Calls that recently took less than `inline_max_s` (0.5 ms) of CPU run on the event loop:
 handing 70 us of work to a thread costs ~25 us of CPU, two thread wake-ups, which on a busy
 machine wait for a core, and the GIL, which the busy event loop hands over only every 5 ms
 (`sys.getswitchinterval()`). Longer calls run in a worker thread (the runtimes release the GIL,
@@ -40,10 +42,13 @@ import numpy.typing as npt
 R = TypeVar("R")
 Rows = npt.NDArray[np.float32]
 
-DEFAULT_INLINE_MAX_S = 0.0002
+DEFAULT_INLINE_MAX_S = 0.0005
 """Calls that recently took less than this run on the event loop (no thread hand-off)."""
 _SMOOTHING = 0.2
 """Weight of the newest call in the running estimate of a batch size's call time."""
+TIMER_GRANULARITY_S = 0.001
+"""asyncio's selector loop sleeps in whole milliseconds (epoll_wait rounds its timeout up),
+so any wait for company costs at least 1 ms: calls cheaper than that never wait."""
 
 
 @dataclass(slots=True)
@@ -128,8 +133,9 @@ class DynamicBatcher(Generic[R]):
     def wait_for_company(self, first: _Pending, rows: int) -> float:
         """Until when (loop time) a batch opened by `first` with `rows` rows may wait."""
         estimate = self.call_times.estimate(rows)
-        wait = 0.0 if estimate is None else min(self.max_delay_s, estimate)
-        return first.enqueued + wait
+        if estimate is None or estimate < TIMER_GRANULARITY_S:
+            return first.enqueued
+        return first.enqueued + min(self.max_delay_s, estimate)
 
     async def _loop(self) -> None:
         assert self._queue is not None

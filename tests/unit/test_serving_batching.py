@@ -119,7 +119,9 @@ def test_the_wait_is_bounded_by_the_call_time_and_max_delay() -> None:
         pending = _Pending(rows(1), loop.create_future(), enqueued=100.0)
         assert b.wait_for_company(pending, 1) == 100.0  # never measured: no wait
         b.call_times.observe(1, 0.0005)
-        assert b.wait_for_company(pending, 1) == pytest.approx(100.0005)
+        assert b.wait_for_company(pending, 1) == 100.0  # below the loop's 1 ms timer: no wait
+        b.call_times.observe(8, 0.0015)
+        assert b.wait_for_company(pending, 8) == pytest.approx(100.0015)  # the call's time
         b.call_times.observe(64, 0.05)
         assert b.wait_for_company(pending, 64) == pytest.approx(100.002)  # capped
     finally:
