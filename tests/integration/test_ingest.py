@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from services.common.features.engine import FeatureEngine
 from services.common.features.messages import decode_feature_messages
 from services.ingest.dead_letters import HEADER_PREFIX
 from services.ingest.metrics import IngestMetrics
-from services.ingest.service import IngestService
+from services.ingest.service import DeliveryError, IngestService
 from tests.integration.kafka_io import (
     committed_offsets,
     create_topics,
@@ -188,3 +189,33 @@ def test_restarted_service_restores_window_state_from_the_changelog(
             np.testing.assert_allclose(row[PER_EVENT], reference[eid][PER_EVENT], rtol=1e-6)
             checked += 1
     assert checked == len(second)
+
+
+def test_outputs_the_broker_refuses_stop_the_service_before_any_commit(
+    config: PlatformConfig, running: Callable[[PlatformConfig], Running]
+) -> None:
+    """Successful deliveries are not reported one by one; a failed one still stops the loop."""
+    topics = config.kafka.topics
+    produce(config, topics.events.name, encoded(make_events(50)))
+    missing = topics.features.model_copy(update={"name": f"{topics.features.name}.missing"})
+    broken = config.model_copy(
+        update={
+            "kafka": config.kafka.model_copy(
+                update={
+                    # Messages for a topic that does not exist fail once they time out.
+                    "extra": {"message.timeout.ms": 2_000},
+                    "topics": topics.model_copy(update={"features": missing}),
+                }
+            )
+        }
+    )
+    refused = pytest.raises(DeliveryError, match="not committing")
+    with refused, running(broken) as service:
+        deadline = time.monotonic() + 60
+        while service.live()[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not service.live()[0]
+    assert all(
+        o < 0
+        for o in committed_offsets(config, config.ingest.group_id, topics.events.name).values()
+    )
