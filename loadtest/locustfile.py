@@ -131,11 +131,14 @@ def _arguments(parser: Any) -> None:
     )
 
 
-def _hosts(environment: Environment, **_kwargs: Any) -> None:
-    """The REST users' host is `-H` if given, else `--router-url`."""
+def _setup(environment: Environment, **_kwargs: Any) -> None:
+    """The REST users' host is `-H` if given, else `--router-url`; the scoring rows are
+    computed now, before the run time starts counting, not in the first users' `on_start`."""
     options = environment.parsed_options
     if options is not None and not getattr(options, "host", None):
         RestScoringUser.host = options.router_url
+    if any(issubclass(cls, _Scoring) for cls in environment.user_classes):
+        scoring_rows()
 
 
 def _final_csv_rows(environment: Environment, **_kwargs: Any) -> None:
@@ -156,7 +159,7 @@ def _final_csv_rows(environment: Environment, **_kwargs: Any) -> None:
 _hooks: Any = events
 """Locust's event hooks are untyped; listeners are registered through this name."""
 _hooks.init_command_line_parser.add_listener(_arguments)
-_hooks.init.add_listener(_hosts)
+_hooks.init.add_listener(_setup)
 _hooks.quitting.add_listener(_final_csv_rows)
 
 

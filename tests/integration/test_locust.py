@@ -163,7 +163,7 @@ def test_rest_and_grpc_users_report_refused_requests_as_failures(
 ) -> None:
     url, target = router
     code = run_locust(
-        ["RestScoringUser", "GrpcScoringUser"], tmp_path / "refused", 2,
+        ["RestScoringUser", "GrpcScoringUser"], tmp_path / "refused", 3,
         "--router-url", url, "--router-grpc", target, "--api-key", "not-the-key-0123456789",
     )  # fmt: skip
     rows = stats(tmp_path / "refused")
