@@ -233,8 +233,8 @@ class ScoringCore:
         transformer = ModelName.TRANSFORMER in enabled
         if ensemble.strategy == "cascade" and transformer:
             collect(await asyncio.gather(*(self._call(m, matrix, version[m]) for m in cheap)))
-            for m in cheap:  # a cheap model that failed is missing on every row
-                scores.setdefault(m, np.full(n, np.nan))
+            for cheap_model in cheap:  # a cheap model that failed is missing on every row
+                scores.setdefault(cheap_model, np.full(n, np.nan))
             band = needs_transformer(scores, ensemble, flags)
             scores[ModelName.TRANSFORMER] = np.full(n, np.nan)
             if band.any():
@@ -256,8 +256,8 @@ class ScoringCore:
                 )
             collect(await asyncio.gather(*calls))
 
-        for m in ModelName:  # every column sized n, even when no model answered at all
-            scores.setdefault(m, np.full(n, np.nan))
+        for model in ModelName:  # every column sized n, even when no model answered at all
+            scores.setdefault(model, np.full(n, np.nan))
         decision = decide_batch(scores, types, ensemble, flags)
         alert = decision.anomalous & flags.alerts_enabled
         if flags.suppressed_entities or flags.forced_entities:
