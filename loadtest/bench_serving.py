@@ -23,12 +23,14 @@ machine's background load hits every contender alike:
 
 The load is closed-loop with `--concurrency` requests in flight (so that dynamic batching has
 something to coalesce); requests are encoded once beforehand, so the client's cost is the
-protocol, not building payloads. Then single-row requests at a fixed `--paced-rate` per
-model (open loop: send times are fixed in advance, and latency counts from the planned send
-time, so a stalled server cannot hide its queue), each model alone and all of them at once:
-first in process (our batcher and ModelRunner on the same schedule in this process, so the
-p99 that the machine's scheduling alone produces is measured in the same run), then against our server
-over gRPC and REST, and against `--compare-tree`'s server (another checkout) as `before`.
+protocol, not building payloads. Then single-row requests, first one at a time
+(`--single-requests`: the server's CPU per request, which busy neighbours disturb least),
+then at a fixed `--paced-rate` per model (open loop: send times are fixed in advance, and
+latency counts from the planned send time, so a stalled server cannot hide its queue), each
+model alone and all of them at once: in process first (our batcher and ModelRunner on the
+same schedule in this process, so the p99 that the machine's scheduling alone produces is
+measured in the same run), then against our server over gRPC and REST, and against
+`--compare-tree`'s server (another checkout) as `before`.
 
 Everything shares this machine's cores: the client, the servers, Ray's processes and other
 people's jobs. Each row says how many cores the servers and the client used and how many
@@ -640,12 +642,29 @@ class Paced:
 
 
 @dataclass
+class Single:
+    """One single-row request at a time (closed loop, one in flight): what a request costs the
+    server in CPU, the figure a busy neighbour disturbs least, and its unloaded latency."""
+
+    model: str
+    contender: str
+    protocol: str
+    requests: int
+    server_cpu_ms_per_request: float
+    p50_ms: float
+    p99_ms: float
+    vs_before: float | None = None
+    """CPU per request over the `before` server's, same model and door, this run."""
+
+
+@dataclass
 class Report:
     """Everything one run measured."""
 
     machine: dict[str, Any]
     settings: dict[str, Any]
     rows: list[Row] = field(default_factory=list)
+    single: list[Single] = field(default_factory=list)
     paced: list[Paced] = field(default_factory=list)
     targets: list[dict[str, Any]] = field(default_factory=list)
 
@@ -932,12 +951,13 @@ async def measure_paced(
 ) -> None:
     """Single rows at `--paced-rate` per model (open loop): each model alone, then all at once;
     in process first (the machine's own noise on that schedule), then each server and door."""
+    await measure_single(args, report, names, doors, servers)
     rate, duration = args.paced_rate, args.paced_duration
     sent = int(rate * duration)
     groups: list[tuple[str, list[ModelName]]] = [(n.value, [n]) for n in names]
     if len(names) > 1:
         groups.append(("all", names))
-    for label, group in groups:
+    for index, (label, group) in enumerate(groups):
         inproc = {n: _inproc_caller(loaded[n], tile(samples[n], 1), args) for n in group}
         for call in inproc.values():  # runtimes warm, call times known to the batcher
             for _ in range(20):
@@ -949,12 +969,17 @@ async def measure_paced(
         base.server_cores = usage.client_cores
         report.paced.append(base)
         _paced_progress(base)
-        for key, by_protocol in doors.items():
+        # Servers take turns going first, so that a drift in background load hits both.
+        order = list(doors.items()) if index % 2 == 0 else list(reversed(doors.items()))
+        for key, by_protocol in order:
             for protocol, make in by_protocol.items():
                 calls = {n: make(n) for n in group}
                 for call in calls.values():  # connections open, first answers in
                     for _ in range(20):
                         await call()
+                # Unmeasured, at the same rate: whichever cell came first otherwise paid for
+                # the switch from the previous cell's load (seen as a first-cell p99 bias).
+                await _paced_cell(calls, rate, args.warmup + 0.5, list)
                 runs, usage = await _paced_cell(calls, rate, duration, servers[key].pids)
                 row = _paced_row(
                     label, key, protocol, rate, list(runs.values()), usage, sent * len(group)
@@ -963,6 +988,58 @@ async def measure_paced(
                     row.p99_vs_in_process = row.p99_ms / base.p99_ms
                 report.paced.append(row)
                 _paced_progress(row)
+
+
+async def measure_single(
+    args: argparse.Namespace,
+    report: Report,
+    names: list[ModelName],
+    doors: dict[str, dict[str, Callable[[ModelName], Call]]],
+    servers: dict[str, Subprocess],
+) -> None:
+    """`--single-requests` single-row requests one after another per server, model and door,
+    servers interleaved per model so that a change in background load hits them alike."""
+    n = args.single_requests
+    if n <= 0:
+        return
+    for index, name in enumerate(names):
+        for protocol in ("grpc", "rest"):
+            cells: dict[str, Single] = {}
+            order = list(doors.items()) if index % 2 == 0 else list(reversed(doors.items()))
+            for key, by_protocol in order:
+                call = by_protocol[protocol](name)
+                for _ in range(50):
+                    await call()
+                pids = servers[key].pids()
+                cpu0 = sum(_cpu_seconds(p) for p in pids)
+                latencies = []
+                for _ in range(n):
+                    start = time.perf_counter()
+                    await call()
+                    latencies.append(time.perf_counter() - start)
+                cpu = sum(_cpu_seconds(p) for p in pids) - cpu0
+                lat_ms = [v * 1000 for v in latencies]
+                cells[key] = Single(
+                    name.value,
+                    key,
+                    protocol,
+                    n,
+                    server_cpu_ms_per_request=1000 * cpu / n,
+                    p50_ms=percentile(lat_ms, 0.5),
+                    p99_ms=percentile(lat_ms, 0.99),
+                )
+            before = cells.get("before")
+            for cell in cells.values():
+                if before is not None and before.server_cpu_ms_per_request > 0:
+                    cell.vs_before = (
+                        cell.server_cpu_ms_per_request / before.server_cpu_ms_per_request
+                    )
+                report.single.append(cell)
+                print(
+                    f"  single {cell.model} {cell.contender}/{protocol}: "
+                    f"{cell.server_cpu_ms_per_request:.3f} ms CPU, p50 {cell.p50_ms:.2f} ms",
+                    file=sys.stderr,
+                )
 
 
 def _paced_progress(p: Paced) -> None:
@@ -1085,6 +1162,23 @@ def print_report(report: Report) -> None:
             f"{_fmt(r.other_cores, '.2f'):>6}"
             + (f"  errors={r.errors} {r.note}" if r.errors else "")
         )
+    if report.single:
+        print(
+            "\nsingle-row requests one at a time: server CPU per request (the figure busy "
+            "neighbours disturb least) and latency"
+        )
+        header = (
+            f"{'model':<17} {'contender':<9} {'door':<5} {'requests':>8} {'CPU ms/req':>10} "
+            f"{'x before':>8} {'p50 ms':>8} {'p99 ms':>8}"
+        )
+        print(header)
+        print("-" * len(header))
+        for c in report.single:
+            print(
+                f"{c.model:<17} {c.contender:<9} {c.protocol:<5} {c.requests:>8} "
+                f"{c.server_cpu_ms_per_request:>10.3f} {_fmt(c.vs_before, '.2f'):>8} "
+                f"{c.p50_ms:>8.2f} {c.p99_ms:>8.2f}"
+            )
     if report.paced:
         print(
             "\nsingle-row requests at a fixed rate per model (open loop, latency from the planned "
@@ -1278,6 +1372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "compare_tree": None if args.compare_tree is None else str(args.compare_tree),
                 "paced_rate": args.paced_rate,
                 "paced_duration_s": args.paced_duration,
+                "single_requests": args.single_requests,
             }
         )
         evaluate(report)
@@ -1326,6 +1421,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--max-batch-delay-ms", type=float, default=2.0, help="our servers' setting")
     p.add_argument("--paced-rate", type=float, default=1000.0, help="0 skips the paced run")
     p.add_argument("--paced-duration", type=float, default=3.0)
+    p.add_argument(
+        "--single-requests",
+        type=int,
+        default=1000,
+        help="single-row requests one at a time per server, model and door (0 skips)",
+    )
     p.add_argument(
         "--skip",
         default="",
