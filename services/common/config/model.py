@@ -539,8 +539,9 @@ class IngestConfig(Section):
     write_online_store: bool = True
     """Write the latest features of touched entities to the Feast online store."""
     max_in_flight_batches: int = Field(default=8, ge=1, le=1_000)
-    """Batches processed but not yet acknowledged/committed before the loop waits; bounds
-    memory and the re-delivery after a crash."""
+    """Batches produced but not yet acknowledged by the broker before the loop waits; bounds
+    producer memory. Batches acknowledged but still waiting for their online-store write are
+    not counted (the writer paces itself), so a crash may re-deliver up to one write cycle."""
     online_write_interval_s: float = Field(default=0.5, ge=0, le=60)
     """Least time between two online-store writes. Rows of entities touched meanwhile are
     merged (latest wins), so the store is written per distinct entity, not per event; offsets
