@@ -81,24 +81,37 @@ def test_requests_that_arrive_while_the_model_is_busy_share_the_next_call() -> N
     assert [r.tolist() for r in results] == [[0.0], [20.0], [22.0], [24.0], [26.0], [28.0]]
 
 
-def test_a_lone_request_does_not_wait_out_the_window_when_calls_are_quick() -> None:
+def test_requests_one_at_a_time_never_wait_out_the_window() -> None:
     async def scenario() -> None:
         model = Model()
         b = batcher(model, max_delay_s=30.0)
-        b.call_times.observe(1, 0.0001)  # one-row calls have been taking 100 us
-        # With a fixed 30 s window this would time out.
-        got = await asyncio.wait_for(b.submit(rows(1, first=4)), timeout=5)
-        assert got.tolist() == [8.0]
+        # With a fixed 30 s window each of these would time out.
+        for i in range(5):
+            got = await asyncio.wait_for(b.submit(rows(1, first=i)), timeout=5)
+            assert got.tolist() == [2.0 * i]
+        assert b.overlap == 0.0  # no request ever found another in flight
         await b.close()
 
     asyncio.run(scenario())
 
 
-def test_a_slow_model_waits_for_company_up_to_the_bound() -> None:
+def test_overlapping_requests_make_the_batcher_wait_for_company() -> None:
+    async def scenario() -> None:
+        model = Model()
+        b = batcher(model, max_delay_s=0.005)
+        for _ in range(10):
+            await asyncio.gather(*(b.submit(rows(1)) for _ in range(8)))
+        assert b.overlap > 0.5
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_waiting_batch_takes_the_request_that_comes_within_the_window() -> None:
     async def scenario() -> None:
         model = Model()
         b = batcher(model, max_delay_s=0.5)
-        b.call_times.observe(1, 10.0)  # calls are expensive: waiting is worth it, up to 0.5 s
+        b.overlap = 1.0  # requests have been overlapping: company is likely
         first = asyncio.create_task(b.submit(rows(1)))
         await asyncio.sleep(0.05)
         second = asyncio.create_task(b.submit(rows(1, first=1)))
@@ -109,7 +122,7 @@ def test_a_slow_model_waits_for_company_up_to_the_bound() -> None:
     asyncio.run(scenario())
 
 
-def test_the_wait_is_bounded_by_the_call_time_and_max_delay() -> None:
+def test_the_window_applies_only_while_requests_overlap() -> None:
     model = Model()
     b = batcher(model, max_delay_s=0.002)
     loop = asyncio.new_event_loop()
@@ -117,13 +130,11 @@ def test_the_wait_is_bounded_by_the_call_time_and_max_delay() -> None:
         from services.serving.batching import _Pending
 
         pending = _Pending(rows(1), loop.create_future(), enqueued=100.0)
-        assert b.wait_for_company(pending, 1) == 100.0  # never measured: no wait
-        b.call_times.observe(1, 0.0005)
-        assert b.wait_for_company(pending, 1) == 100.0  # below the loop's 1 ms timer: no wait
-        b.call_times.observe(8, 0.0015)
-        assert b.wait_for_company(pending, 8) == pytest.approx(100.0015)  # the call's time
-        b.call_times.observe(64, 0.05)
-        assert b.wait_for_company(pending, 64) == pytest.approx(100.002)  # capped
+        assert b.wait_for_company(pending) == 100.0  # nothing seen yet: no wait
+        b.overlap = 0.4
+        assert b.wait_for_company(pending) == 100.0  # mostly alone: no wait
+        b.overlap = 0.6
+        assert b.wait_for_company(pending) == pytest.approx(100.002)  # the whole window
     finally:
         loop.close()
 
@@ -177,7 +188,7 @@ def test_an_error_reaches_every_caller_of_the_batch() -> None:
 
     async def scenario() -> list[BaseException | Rows]:
         b: DynamicBatcher[Rows] = DynamicBatcher(broken, split, max_rows=64, max_delay_s=0.5)
-        b.call_times.observe(1, 10.0)  # wait for company, so that both share the call
+        b.overlap = 1.0  # wait for company, so that both share the call
         results = await asyncio.gather(b.submit(rows(1)), b.submit(rows(1)), return_exceptions=True)
         await b.close()
         return list(results)
