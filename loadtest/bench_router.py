@@ -4,7 +4,7 @@ latency under an open-loop load, against a real broker, a real model server and 
 online store (issue #6: stream >= 50,000 decisions/s; REST single-event p99 <= 10 ms at
 1,000 requests/s, Feast read and three model calls included).
 
-    python loadtest/bench_router.py                                  # ~6-8 minutes
+    python loadtest/bench_router.py                                  # ~10 minutes
     python loadtest/bench_router.py --baseline-rev 1750516   # + the old router, side by side
     python loadtest/bench_router.py --parts stream --events 200000 --strategies cascade
 
@@ -336,8 +336,9 @@ class Watermarks:
         self.consumer.close()
 
 
-def read_scores(bootstrap: str, topic: str) -> tuple[set[str], int, int, int]:
-    """Event ids decided, messages, first and last produce timestamp (ms) on `topic`."""
+def read_scores(bootstrap: str, topic: str) -> tuple[set[str], int, int, int, int]:
+    """Event ids decided, messages, degraded decisions (a model left out: not a full-ensemble
+    figure), first and last produce timestamp (ms) on `topic`."""
     import orjson
     from confluent_kafka import Consumer, TopicPartition
 
@@ -352,7 +353,7 @@ def read_scores(bootstrap: str, topic: str) -> tuple[set[str], int, int, int]:
         consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
         want = sum(ends.values())
         ids: set[str] = set()
-        seen, first, last = 0, 2**62, 0
+        seen, degraded, first, last = 0, 0, 2**62, 0
         deadline = time.monotonic() + 300
         while seen < want and time.monotonic() < deadline:
             for msg in consumer.consume(50_000, timeout=1.0):
@@ -361,8 +362,10 @@ def read_scores(bootstrap: str, topic: str) -> tuple[set[str], int, int, int]:
                 seen += 1
                 ts = msg.timestamp()[1]
                 first, last = min(first, ts), max(last, ts)
-                ids.add(orjson.loads(msg.value() or b"{}")["event_id"])
-        return ids, seen, first, last
+                decision = orjson.loads(msg.value() or b"{}")
+                ids.add(decision["event_id"])
+                degraded += bool(decision["degraded"])
+        return ids, seen, degraded, first, last
     finally:
         consumer.close()
 
@@ -400,15 +403,16 @@ def run_stream(
     finally:
         watermarks.close()
         rc = stop(proc)
-    ids, messages, first, last = read_scores(bootstrap, scores_topic)
+    ids, messages, degraded, first, last = read_scores(bootstrap, scores_topic)
     missing = len(set(data.event_ids) - ids)
     span_s = max((last - first) / 1000.0, 1e-3)
     print(f"[bench] stream {build} {strategy}: {messages:,} decisions in {span_s:.1f} s "
-          f"({messages / span_s:,.0f}/s), missing {missing}", file=sys.stderr)  # fmt: skip
+          f"({messages / span_s:,.0f}/s), missing {missing}, degraded {degraded}",
+          file=sys.stderr)  # fmt: skip
     return {
         "part": "stream", "build": build, "strategy": strategy, "events": n,
         "decisions": messages, "missing_event_ids": missing,
-        "duplicates": messages - len(ids),
+        "duplicates": messages - len(ids), "degraded": degraded,
         "decisions_per_s": round(messages / span_s),
         "first_to_last_decision_s": round(span_s, 2),
         "wall_s_incl_startup": round(wall, 1),
@@ -613,16 +617,16 @@ def table(results: list[dict[str, Any]]) -> str:
     stream = [r for r in results if r["part"] == "stream"]
     if stream:
         rows += [
-            "| stream | build | decisions/s | decisions | missing | duplicates "
+            "| stream | build | decisions/s | decisions | missing | duplicates | degraded "
             "| CPU s router / model server |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in stream:
             cpu = r["cpu_seconds"]
             rows.append(
                 f"| {r['strategy']} | {r['build']} | {r['decisions_per_s']:,} | "
                 f"{r['decisions']:,} | {r['missing_event_ids']} | {r['duplicates']} | "
-                f"{cpu['router']} / {cpu['model_server']} |"
+                f"{r['degraded']:,} | {cpu['router']} / {cpu['model_server']} |"
             )
         for strategy in dict.fromkeys(r["strategy"] for r in stream):
             by = {r["build"]: r["decisions_per_s"] for r in stream if r["strategy"] == strategy}
@@ -630,7 +634,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 for build, value in by.items():
                     if build != CURRENT and value:
                         rows.append(f"| {strategy} | ratio {CURRENT}/{build} | "
-                                    f"{by[CURRENT] / value:.2f}x | | | | |")  # fmt: skip
+                                    f"{by[CURRENT] / value:.2f}x | | | | | |")  # fmt: skip
         rows.append("")
     doors = [r for r in results if r["part"] in ("rest", "grpc")]
     if doors:

@@ -37,6 +37,13 @@ _RETRYABLE = {
 }
 
 
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""Largest tensor sent in one V2 call; bigger batches go as several concurrent calls. gRPC
+servers refuse larger messages by default (4 MiB; the KServe server here allows 8 MiB), and a
+stream batch of Transformer sequences (16 rows of 22 floats per event) passes that at ~3,000
+events."""
+
+
 class ModelCallError(RuntimeError):
     """A model could not score a batch (down, slow, refused, or circuit open)."""
 
@@ -113,7 +120,30 @@ class V2ModelClient:
         return self._stub
 
     async def infer(self, x: npt.NDArray[np.float32], version: str | None = None) -> ModelOutput:
-        """Score a batch; raises ModelCallError when the model cannot answer in time."""
+        """Score a batch; raises ModelCallError when the model cannot answer in time.
+
+        Batches over MAX_REQUEST_BYTES are split into concurrent calls (a server refuses an
+        oversized message outright, and the model would be left out of every large batch).
+        """
+        row_bytes = max(1, x[:1].nbytes)
+        rows = max(1, MAX_REQUEST_BYTES // row_bytes)
+        if len(x) <= rows:
+            return await self._infer_one(x, version)
+        parts = await asyncio.gather(
+            *(self._infer_one(x[i : i + rows], version) for i in range(0, len(x), rows))
+        )
+        versions = {p.version for p in parts}
+        if len(versions) > 1:  # a rollout between the calls: do not mix two models' scores
+            raise ModelCallError(f"{self.name.value}: parts answered by versions {versions}")
+        types = [p.anomaly_type for p in parts]
+        return ModelOutput(
+            score=np.concatenate([p.score for p in parts]),
+            anomaly_type=None if any(t is None for t in types)
+            else np.concatenate([t for t in types if t is not None]),
+            version=parts[0].version,
+        )  # fmt: skip
+
+    async def _infer_one(self, x: npt.NDArray[np.float32], version: str | None) -> ModelOutput:
         if not self.breaker.allow():
             raise ModelCallError(f"{self.name.value}: circuit open after repeated failures")
         stub = self._ensure_channel()

@@ -678,3 +678,20 @@ def test_openapi_fuzzing_finds_no_server_error(router: Router) -> None:
                                        timeout=30)  # fmt: skip
 
             fuzz()
+
+
+def test_a_batch_larger_than_one_grpc_message_is_scored_by_every_model(router: Router) -> None:
+    """Transformer sequences of 7,000 events are ~10 MB, over the model server's 8 MiB
+    message limit: the client splits the call instead of leaving the model out."""
+    n = 7_000
+    rows = np.random.default_rng(3).lognormal(0, 1, (n, len(FEATURE_NAMES))).astype(np.float32)
+    ids = [f"big-{i}" for i in range(n)]
+    batch = router.run(router.core.score(ids, [f"acct-{i % 50}" for i in range(n)], rows))
+    assert batch.errors == {}
+    assert not batch.decision.degraded.any()
+    for m in ModelName:
+        assert np.isfinite(batch.decision.scores[m]).all(), m
+    small = router.run(router.core.score(ids[-5:], ["x"] * 5, rows[-5:], track_sequences=False))
+    np.testing.assert_allclose(
+        small.decision.scores[ModelName.XGBOOST], batch.decision.scores[ModelName.XGBOOST][-5:]
+    )
