@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.ensemble import BatchDecision, decide_batch, needs_transformer
+from models.ensemble import BatchDecision, decide_batch, idle_voters, needs_transformer
 from models.sequences import EntitySequences
 from services.common.anomaly_types import AnomalyType
 from services.common.config import PlatformConfig
@@ -207,6 +207,7 @@ class ScoringCore:
         enabled = {
             m for m in ModelName if flags.models.get(m) is None or flags.models[m].enabled
         } & set(self.clients)
+        enabled -= idle_voters(ensemble, flags)  # their scores cannot change a decision
         version = {m: flags.models[m].version if m in flags.models else None for m in enabled}
         if track_sequences:
             sequences = self.sequences.push(list(entity_ids), matrix)

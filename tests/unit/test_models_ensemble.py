@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.ensemble import decide, decide_batch, needs_transformer
+from models.ensemble import decide, decide_batch, idle_voters, needs_transformer
 from services.common.anomaly_types import AnomalyType
 from services.common.config.model import (
     CascadeConfig,
@@ -116,6 +116,37 @@ def test_shadow_and_disabled_models_do_not_vote() -> None:
     assert d.anomalous and d.score == pytest.approx(0.95) and not d.degraded
     assert "transformer=0.0000 shadow" in d.explanation
     assert "isolation_forest" not in d.explanation
+
+
+def test_weight_zero_voters_are_idle_under_the_means_only() -> None:
+    zero_if = {IF: 0.0, XGB: 2.0, TF: 1.0}
+    assert idle_voters(config(weights=zero_if)) == {IF}
+    assert idle_voters(config("cascade", weights=zero_if)) == {IF}
+    # k_of_n / any / all ignore weights; XGBoost's type picks the threshold, so it stays.
+    assert idle_voters(config("any", weights=zero_if)) == frozenset()
+    assert idle_voters(config(weights={IF: 1.0, XGB: 0.0, TF: 1.0})) == frozenset()
+    # A shadow is not a voter: it is still called (its scores are what shadow mode is for).
+    assert (
+        idle_voters(config(weights=zero_if), FeatureFlags(models={IF: ModelFlag(shadow=True)}))
+        == frozenset()
+    )
+    # An idle voter's missing score does not degrade the decision; a needed one's does.
+    d = decide({IF: None, XGB: 0.95, TF: 0.95}, None, config(weights=zero_if))
+    assert d.anomalous and not d.degraded and d.missing == ()
+    assert "isolation_forest=missing w=0 not needed" in d.explanation
+    assert decide({IF: None, XGB: 0.95, TF: 0.95}, None, config()).degraded
+    # Same score as when the idle model had answered: weight 0 never counted.
+    full = decide({IF: 0.1, XGB: 0.95, TF: 0.8}, None, config(weights=zero_if))
+    idle = decide({IF: None, XGB: 0.95, TF: 0.8}, None, config(weights=zero_if))
+    assert idle.score == pytest.approx(full.score)
+
+
+def test_cascade_never_sends_to_an_idle_transformer() -> None:
+    cfg = config("cascade", weights={IF: 1.0, XGB: 2.0, TF: 0.0})
+    cheap = {IF: np.array([0.7, 0.8]), XGB: np.array([0.8, 0.85])}
+    assert not needs_transformer(cheap, cfg).any()
+    d = decide_batch(cheap, None, cfg)
+    assert not d.degraded.any()
 
 
 def test_one_confident_model_is_not_averaged_away() -> None:

@@ -48,3 +48,41 @@ def test_every_model_down_gives_degraded_decisions_not_an_index_error() -> None:
         for r in records:
             assert r["degraded"] is True and r["anomalous"] is False and r["score"] is None
             assert r["model_scores"] == dict.fromkeys((m.value for m in ModelName), None)
+
+
+def test_an_idle_voter_is_not_called_so_its_outage_degrades_nothing() -> None:
+    """Weight 0 under `weighted`: the Isolation Forest's endpoint is down, yet no decision
+    is degraded and no call is attempted (no error recorded); with weight 1 the same outage
+    degrades every decision. XGBoost and the Transformer are down too: the shape of the
+    answer, not the scores, is what is checked."""
+    down = {"rest_url": "http://127.0.0.1:1", "grpc_target": f"127.0.0.1:{free_port()}",
+            "timeout_ms": 2_000, "retries": 0}  # fmt: skip
+    results = {}
+    for weight in (0.0, 1.0):
+        cfg = parse_config(
+            {"serving": {"endpoints": {m.value: down for m in ModelName}},
+             "ensemble": {"strategy": "weighted",
+                          "weights": {"isolation_forest": weight, "xgboost": 2.0,
+                                      "transformer": 0.5}}}, "test",
+        )  # fmt: skip
+
+        async def score(cfg: PlatformConfig = cfg) -> tuple[set[ModelName], list[bool]]:
+            clients = {m: V2ModelClient(m, cfg.serving.endpoints[m], CircuitBreaker())
+                       for m in ModelName}  # fmt: skip
+            core = ScoringCore(LiveConfig(cfg), clients,
+                               metrics=RouterMetrics(CollectorRegistry()))  # fmt: skip
+            try:
+                batch = await core.score(
+                    ["e1"], ["a"], np.ones((1, len(FEATURE_NAMES)), np.float32)
+                )
+                return set(batch.errors), [bool(batch.record(0)["degraded"])]
+            finally:
+                for client in clients.values():
+                    await client.close()
+
+        results[weight] = asyncio.run(score())
+    errors_idle, _ = results[0.0]
+    errors_voting, degraded_voting = results[1.0]
+    assert ModelName.ISOLATION_FOREST not in errors_idle
+    assert errors_idle == {ModelName.XGBOOST, ModelName.TRANSFORMER}
+    assert errors_voting == set(ModelName) and degraded_voting == [True]
