@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 from prometheus_client import CollectorRegistry
 
@@ -37,7 +37,6 @@ from services.replay.summary import ReplaySummary, Tally
 from services.replay.writers import DecisionWriter, JsonlWriter, open_decisions, rejects_path
 from services.router.core import LiveConfig, ScoringCore
 from services.router.metrics import RouterMetrics
-from services.router.model_clients import V2ModelClient
 
 ModelsMode = Literal["served", "registry"]
 MODES: Final[tuple[ModelsMode, ...]] = ("served", "registry")
@@ -129,9 +128,7 @@ def _core(config: PlatformConfig, mode: ModelsMode) -> ScoringCore:
             f"{exc} (registry {config.model_store.path}; a model you do not have can be "
             "switched off with flags.models.<model>.enabled: false)"
         ) from None
-    # The core calls only `infer` and `close`, which the in-process client has with the
-    # same signatures; ScoringCore is annotated with the V2 client class.
-    return ScoringCore(live, cast(dict[ModelName, V2ModelClient], clients), metrics=metrics)
+    return ScoringCore(live, clients, metrics=metrics)
 
 
 class _Run:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from services.common.model_names import ModelName
 from services.router.alerts import Alert, severity_for
 from services.router.decision_json import explanations
 from services.router.metrics import RouterMetrics
-from services.router.model_clients import ModelCallError, ModelOutput, V2ModelClient
+from services.router.model_clients import ModelCallError, ModelClient, ModelOutput
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class ScoringCore:
     def __init__(
         self,
         live: LiveConfig,
-        clients: dict[ModelName, V2ModelClient],
+        clients: Mapping[ModelName, ModelClient],
         *,
         metrics: RouterMetrics,
         feature_baseline: tuple[F32, F32] | None = None,

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -55,6 +55,24 @@ class ModelOutput:
     score: npt.NDArray[np.float64]
     anomaly_type: npt.NDArray[np.int64] | None
     version: str
+
+
+class ModelClient(Protocol):
+    """What the scoring core needs from a model: a batch scored, and resources released.
+
+    A protocol rather than the V2 client's class, so that a replay can hand the core models
+    running in this process (`model_clients_local.InProcessModelClient`) and tests can hand
+    it fakes, with the same failure contract: a model that cannot answer raises
+    `ModelCallError` and is left out of the vote.
+    """
+
+    async def infer(self, x: npt.NDArray[np.float32], version: str | None = None) -> ModelOutput:
+        """Score a batch with `version` (None: the default one); ModelCallError if it cannot."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the client holds (channels, batching workers)."""
+        ...
 
 
 class CircuitBreaker:

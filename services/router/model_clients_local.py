@@ -7,9 +7,9 @@ its own: it builds the same KServe `InferRequest` the gRPC door decodes, hands i
 and reads the same outputs back. Only the network hop is missing, so a served and an
 in-process replay of one stream give the same scores.
 
-It has the interface the scoring core uses from `V2ModelClient` (`infer`, `close`), and the
-same failure contract: anything the model refuses is a `ModelCallError`, so the core leaves
-the model out of the vote and marks the decisions degraded.
+It is a `ModelClient` (the scoring core's protocol, as `V2ModelClient` is), with the same
+failure contract: anything the model refuses is a `ModelCallError`, so the core leaves the
+model out of the vote and marks the decisions degraded.
 """
 
 from __future__ import annotations
