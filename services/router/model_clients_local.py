@@ -65,9 +65,8 @@ class InProcessModelClient:
         )
 
     async def close(self) -> None:
-        """Stop the model's batching workers (VersionedModel has no close of its own yet)."""
-        for batcher in self.model._batchers.values():
-            await batcher.close()
+        """Stop the model's batching workers, which belong to the caller's event loop."""
+        await self.model.close()
 
 
 def load_in_process_clients(

@@ -92,6 +92,20 @@ class VersionedModel(Model):  # type: ignore[misc]
         self.ready = True
         return True
 
+    async def close(self) -> None:
+        """Not ready, and every version's batcher stopped (worker task and thread), for owners
+        that run the model in their own event loop and must not leave its workers behind (the
+        in-process replay clients).
+
+        Separate from KServe's `stop()`, which the ModelServer calls from its SIGTERM handler
+        and which therefore only marks the model not ready: the servers then drain requests
+        in flight through these batchers for the grace period, and stopped batchers would
+        leave those requests waiting until it ends.
+        """
+        self.stop()
+        for batcher in self._batchers.values():
+            await batcher.close()
+
     def _scorer(self, runner: ModelRunner) -> Any:
         def run(x: npt.NDArray[np.float32]) -> tuple[ScoreBatch, str]:
             batch, runtime = runner.score(x)
