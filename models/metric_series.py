@@ -36,7 +36,12 @@ UNSUPERVISED: Final = (ModelName.ISOLATION_FOREST, ModelName.TRANSFORMER)
 _ALLOWED = frozenset({"timestamp", "value", "entity_id"})
 
 
-def _timestamp_ms(value: Any, where: str) -> int:
+def timestamp_ms(value: Any, where: str) -> int:
+    """A sample's timestamp as ms since the epoch, from ms or ISO-8601 (naive = UTC).
+
+    Public because the replay reads metric samples from its own sources and must accept
+    exactly the timestamps this module does; `where` names the sample in the error.
+    """
     if isinstance(value, int | np.integer):
         return int(value)
     text = str(value).strip()
@@ -83,7 +88,7 @@ def read_metric_series(paths: Sequence[Path]) -> list[Event]:
                     ) from None
                 obj = {
                     "entity_id": row.get("entity_id") or path.stem,
-                    "ts": _timestamp_ms(row["timestamp"], where),
+                    "ts": timestamp_ms(row["timestamp"], where),
                     "kind": "metric",
                     "value": value,
                 }

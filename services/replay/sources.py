@@ -32,7 +32,7 @@ import orjson
 
 from models.dataset import EVENT_FIELDS, LABEL_CODE, REQUIRED_EVENT_COLUMNS
 from models.errors import TrainingDataError
-from models.metric_series import _timestamp_ms as metric_timestamp_ms
+from models.metric_series import timestamp_ms as metric_timestamp_ms
 from services.common.anomaly_types import ALL_LABELS, NORMAL_LABEL
 from services.common.events import Event, EventError, parse_event, validate_event
 from services.replay.errors import ReplayError
