@@ -109,14 +109,9 @@ def feature_data(events: int, entities: int, seed: int) -> FeatureData:
 
 def train_store(root: Path) -> Path:
     """A registry like the integration tests' `model_store` (small models, seconds)."""
-    from dataclasses import replace
-
     from models.dataset import features_from_events, parse_raw_events
-    from models.isolation_forest import IsolationForestSettings
     from models.registry import Registry
-    from models.training import TrainSettings, train_all
-    from models.transformer import TransformerSettings
-    from models.xgb_classifier import XGBoostSettings
+    from models.training import small_settings, train_all
     from services.generator import StreamSpec, generate_batch
 
     if (root / ".complete").exists():
@@ -125,13 +120,7 @@ def train_store(root: Path) -> Path:
     batch = generate_batch(StreamSpec(seed=5, entities=300, anomaly_rate=0.03), 20_000)
     labels = {label["event_id"]: label["label"] for label in batch.labels}
     data = features_from_events([parse_raw_events(batch.values)], labels)
-    settings = TrainSettings(
-        seed=1,
-        isolation_forest=IsolationForestSettings(n_estimators=30, max_samples=256),
-        xgboost=XGBoostSettings(n_rounds=20, max_depth=4, threads=1),
-        transformer=TransformerSettings(epochs=1, max_sequences=3_000, device="cpu"),
-    )
-    train_all(data, replace(settings), Registry(root))
+    train_all(data, small_settings(seed=1), Registry(root))
     (root / ".complete").write_text("ok\n")
     return root
 

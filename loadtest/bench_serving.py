@@ -102,20 +102,15 @@ def feature_rows(events: int, seed: int) -> Any:
 def train_registry(root: Path, size: str, names: Sequence[ModelName]) -> None:
     """A registry trained like the integration tests' (`fixture`) or with the platform's
     default hyperparameters (`production`: 100 trees / 300 boosting rounds of depth 8)."""
-    from models.isolation_forest import IsolationForestSettings
-    from models.training import TrainSettings, train_all
+    from dataclasses import replace
+
+    from models.training import TrainSettings, small_settings, train_all
     from models.transformer import TransformerSettings
     from models.xgb_classifier import XGBoostSettings
 
     data = feature_rows(20_000, seed=5)
     if size == "fixture":
-        settings = TrainSettings(
-            seed=1,
-            models=tuple(names),
-            isolation_forest=IsolationForestSettings(n_estimators=30, max_samples=256),
-            xgboost=XGBoostSettings(n_rounds=20, max_depth=4, threads=1),
-            transformer=TransformerSettings(epochs=1, max_sequences=3_000, device="cpu"),
-        )
+        settings = replace(small_settings(seed=1), models=tuple(names))
     else:
         settings = TrainSettings(
             seed=1,

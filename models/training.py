@@ -67,6 +67,18 @@ class TrainSettings:
             )
 
 
+def small_settings(seed: int = 1) -> TrainSettings:
+    """Models that train in seconds on ~20k events (small forest, few boosting rounds, one
+    Transformer epoch): what tests and benchmarks need to exercise serving and routing for
+    real without waiting minutes. Not for detection figures."""
+    return TrainSettings(
+        seed=seed,
+        isolation_forest=IsolationForestSettings(n_estimators=30, max_samples=256),
+        xgboost=XGBoostSettings(n_rounds=20, max_depth=4, threads=1),
+        transformer=TransformerSettings(epochs=1, max_sequences=3_000, device="cpu"),
+    )
+
+
 @dataclass(slots=True, eq=False)
 class TrainedModel:
     """A fitted, calibrated, exported model, ready to publish."""

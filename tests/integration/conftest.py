@@ -19,11 +19,8 @@ import pytest
 import yaml
 
 from models.dataset import features_from_events, parse_raw_events
-from models.isolation_forest import IsolationForestSettings
 from models.registry import Registry
-from models.training import TrainSettings, publish, train_all
-from models.transformer import TransformerSettings
-from models.xgb_classifier import XGBoostSettings
+from models.training import publish, small_settings, train_all
 from services.common.model_names import ModelName
 from services.generator import StreamSpec, generate_batch
 
@@ -37,12 +34,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     batch = generate_batch(StreamSpec(seed=5, entities=300, anomaly_rate=0.03), 20_000)
     labels = {label["event_id"]: label["label"] for label in batch.labels}
     data = features_from_events([parse_raw_events(batch.values)], labels)
-    settings = TrainSettings(
-        seed=1,
-        isolation_forest=IsolationForestSettings(n_estimators=30, max_samples=256),
-        xgboost=XGBoostSettings(n_rounds=20, max_depth=4, threads=1),
-        transformer=TransformerSettings(epochs=1, max_sequences=3_000, device="cpu"),
-    )
+    settings = small_settings(seed=1)
     registry = Registry(root)
     trained = train_all(data, settings, registry)
     second = train_all(data, replace(settings, seed=2, models=(ModelName.XGBOOST,)))[
