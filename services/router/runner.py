@@ -46,26 +46,41 @@ def run_router(
     stream: bool = True,
     doors: bool = True,
     group_id: str = "anomaly-router",
-    batch_max: int = 5_000,
-    batch_timeout_s: float = 0.05,
-    max_in_flight: int = 4,
 ) -> None:
     """The stream door (thread) and the REST and gRPC doors (main loop) until SIGTERM/SIGINT.
 
     Health, readiness and metrics are served by the REST door; with `doors=False` a small ops
-    server on `router.http_port` serves them instead.
+    server on `router.http_port` serves them instead. The stream door's batch size, wait and
+    in-flight bound are `config.router.stream_*`.
     """
     if not doors:
         run_router_stream(
             config, ops_host=config.router.host, ops_port=config.router.http_port,
-            group_id=group_id, batch_max=batch_max, batch_timeout_s=batch_timeout_s,
-            max_in_flight=max_in_flight,
+            group_id=group_id,
         )  # fmt: skip
         return
-    _run_loop(
-        _serve_doors(
-            config, config_path, stream, group_id, batch_max, batch_timeout_s, max_in_flight
-        )
+    _run_loop(_serve_doors(config, config_path, stream, group_id))
+
+
+def _stream_scorer(
+    config: PlatformConfig,
+    live: LiveConfig,
+    metrics: RouterMetrics,
+    delivery: AlertDelivery,
+    group_id: str,
+) -> StreamScorer:
+    """The stream door with its own scoring core (its thread's event loop owns the clients)."""
+    router = config.router
+    return StreamScorer(
+        config,
+        live,
+        lambda: make_core(live, metrics),
+        delivery,
+        metrics,
+        group_id=group_id,
+        batch_max=router.stream_batch_max,
+        batch_timeout_s=router.stream_batch_timeout_ms / 1000.0,
+        max_in_flight=router.stream_max_in_flight,
     )
 
 
@@ -85,9 +100,6 @@ async def _serve_doors(
     config_path: Path | None,
     stream: bool,
     group_id: str,
-    batch_max: int,
-    batch_timeout_s: float,
-    max_in_flight: int,
 ) -> None:
     import uvicorn
 
@@ -103,11 +115,7 @@ async def _serve_doors(
     if stream:
         delivery = AlertDelivery.from_config(config.alerts, config.kafka)
         delivery.start()
-        scorer = StreamScorer(
-            config, live, lambda: make_core(live, metrics), delivery, metrics,
-            group_id=group_id, batch_max=batch_max, batch_timeout_s=batch_timeout_s,
-            max_in_flight=max_in_flight,
-        )  # fmt: skip
+        scorer = _stream_scorer(config, live, metrics, delivery, group_id)
         thread = threading.Thread(target=scorer.run, name="stream-door", daemon=True)
         thread.start()
 
@@ -189,26 +197,13 @@ def run_router_stream(
     ops_host: str = "127.0.0.1",
     ops_port: int = 9200,
     group_id: str = "anomaly-router",
-    batch_max: int = 5_000,
-    batch_timeout_s: float = 0.05,
-    max_in_flight: int = 4,
 ) -> None:
     """The stream door with alert delivery, until SIGTERM/SIGINT."""
     live = LiveConfig(config)
     metrics = RouterMetrics()
     delivery = AlertDelivery.from_config(config.alerts, config.kafka)
     delivery.start()
-    scorer = StreamScorer(
-        config,
-        live,
-        lambda: make_core(live, metrics),
-        delivery,
-        metrics,
-        group_id=group_id,
-        batch_max=batch_max,
-        batch_timeout_s=batch_timeout_s,
-        max_in_flight=max_in_flight,
-    )
+    scorer = _stream_scorer(config, live, metrics, delivery, group_id)
 
     def live_check() -> tuple[bool, str]:
         return (scorer.error is None, scorer.error or "ok")

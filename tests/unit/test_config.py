@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from services.cli.main import app
 from services.common.anomaly_types import AnomalyType
 from services.common.config import ConfigError, load_config
-from services.common.config.model import RedisOnlineStore, SqliteOnlineStore
+from services.common.config.model import PlatformConfig, RedisOnlineStore, SqliteOnlineStore
 from services.common.model_names import ModelName
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "platform.yaml"
@@ -104,6 +104,8 @@ def test_secret_from_environment_is_masked_in_dumps(monkeypatch: pytest.MonkeyPa
             "both suppressed and forced",
         ),
         ("kafka:\n  security_protocol: SASL_SSL\n", "needs sasl_mechanism"),
+        ("router:\n  stream_batch_max: 0\n", "router.stream_batch_max = 0"),
+        ("router:\n  stream_max_in_flight: 1001\n", "router.stream_max_in_flight = 1001"),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("kafka: {bootstrap_servers: [unclosed\n", "line 2"),
     ],
@@ -141,3 +143,58 @@ def test_cli_validate_accepts_shipped_file() -> None:
     result = CliRunner().invoke(app, ["config", "validate", "-c", str(REPO_CONFIG)])
     assert result.exit_code == 0
     assert "valid" in result.output
+
+
+def run_router_cli(
+    monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[Result, list[PlatformConfig]]:
+    """`anomaly router ARGS` up to the point where the service would start: the result and
+    the configuration the service would have been given."""
+    from services.cli import router_cmd
+    from services.router import runner
+
+    started: list[PlatformConfig] = []
+    monkeypatch.setattr(runner, "run_router", lambda cfg, *_a, **_k: started.append(cfg))
+    # The real setup would point the root logger at CliRunner's stream, closed afterwards.
+    monkeypatch.setattr(router_cmd, "configure_logging", lambda *_a, **_k: None)
+    return CliRunner().invoke(app, ["router", *args]), started
+
+
+def stream_settings(cfg: PlatformConfig) -> tuple[int, int, int]:
+    r = cfg.router
+    return r.stream_batch_max, r.stream_batch_timeout_ms, r.stream_max_in_flight
+
+
+def test_router_stream_settings_come_from_the_config_unless_an_option_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "k" * 16
+    path = write(
+        tmp_path,
+        f"router:\n  stream_batch_max: 700\n  stream_max_in_flight: 2\n  api_keys: [{key}]\n",
+    )
+    result, started = run_router_cli(monkeypatch, "-c", str(path))
+    assert result.exit_code == 0, result.output
+    assert stream_settings(started[0]) == (700, 50, 2)  # file, file's default, file
+
+    result, started = run_router_cli(
+        monkeypatch, "-c", str(path), "--batch-max", "300", "--batch-timeout-ms", "20"
+    )
+    assert result.exit_code == 0, result.output
+    assert stream_settings(started[0]) == (300, 20, 2)  # the options win, the rest stays
+    assert [k.get_secret_value() for k in started[0].router.api_keys] == [key]
+
+
+def test_router_defaults_equal_the_former_option_defaults(tmp_path: Path) -> None:
+    assert stream_settings(load_config(write(tmp_path, ""))) == (5_000, 50, 4)
+
+
+def test_router_option_out_of_bounds_names_option_and_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "")
+    result, started = run_router_cli(monkeypatch, "-c", str(path), "--max-in-flight", "0")
+    assert result.exit_code == 2
+    assert "--max-in-flight (router.stream_max_in_flight) = 0" in result.output
+    assert "Traceback" not in result.output
+    assert started == []

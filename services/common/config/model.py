@@ -484,10 +484,12 @@ class AlertsConfig(Section):
 
 
 class RouterConfig(Section):
-    """The router's REST and gRPC doors and its configuration watcher (read once at start).
+    """The router's doors (stream, REST, gRPC) and its configuration watcher (read once at
+    start).
 
     Not hot-reloaded: ports and limits are bound when the doors start, and API keys come
     from the environment (a Kubernetes Secret), which a running process cannot see change.
+    The stream settings can also be given as `anomaly router` options, which win.
     """
 
     host: str = "127.0.0.1"
@@ -507,6 +509,14 @@ class RouterConfig(Section):
     """Most items in one scoring request; larger batches are refused (413)."""
     reload_interval_s: float = Field(default=1.0, gt=0, le=60)
     """How often the configuration file is checked for changes (hot-reloaded sections)."""
+    stream_batch_max: int = Field(default=5_000, ge=1, le=100_000)
+    """Most feature vectors the stream door scores as one batch (one call per model): larger
+    batches spread each model call's fixed cost, smaller ones bound a batch's latency."""
+    stream_batch_timeout_ms: int = Field(default=50, ge=1, le=60_000)
+    """Longest wait to fill a stream batch; bounds the latency batching adds at low traffic."""
+    stream_max_in_flight: int = Field(default=4, ge=1, le=1_000)
+    """Stream batches produced but not yet acknowledged (and committed) before the door waits
+    for the broker; bounds producer memory and the batches scored again after a crash."""
 
     @field_validator("api_keys")
     @classmethod
