@@ -35,7 +35,7 @@ from services.replay.features import StreamFeatures
 from services.replay.sources import EventSource
 from services.replay.summary import ReplaySummary, Tally
 from services.replay.writers import DecisionWriter, JsonlWriter, open_decisions, rejects_path
-from services.router.core import LiveConfig, ScoringCore
+from services.router.core import LiveConfig, ScoringCore, models_to_call
 from services.router.metrics import RouterMetrics
 
 ModelsMode = Literal["served", "registry"]
@@ -119,10 +119,9 @@ def _core(config: PlatformConfig, mode: ModelsMode) -> ScoringCore:
         return make_core(live, metrics)
     from services.router.model_clients_local import load_in_process_clients
 
-    flags = config.flags.models
-    enabled = [m for m in ModelName if m not in flags or flags[m].enabled]
     try:
-        clients = load_in_process_clients(config, enabled)
+        called = models_to_call(config)
+        clients = load_in_process_clients(config, [m for m in ModelName if m in called])
     except RegistryError as exc:
         raise ReplayError(
             f"{exc} (registry {config.model_store.path}; a model you do not have can be "

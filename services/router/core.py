@@ -133,6 +133,14 @@ class ScoredBatch:
         return out
 
 
+def models_to_call(config: PlatformConfig) -> set[ModelName]:
+    """The models a batch is scored with: enabled ones (voting or shadow), less the idle
+    voters whose scores cannot change a decision. The replay loads exactly these."""
+    flags = config.flags
+    enabled = {m for m in ModelName if flags.models.get(m) is None or flags.models[m].enabled}
+    return enabled - idle_voters(config.ensemble, flags)
+
+
 class LiveConfig:
     """The configuration in force; swapped atomically by the hot-reloader (flags.py)."""
 
@@ -204,10 +212,7 @@ class ScoringCore:
         n = len(event_ids)
         if matrix.shape != (n, len(FEATURE_NAMES)):
             raise ValueError(f"expected features of shape ({n}, {len(FEATURE_NAMES)})")
-        enabled = {
-            m for m in ModelName if flags.models.get(m) is None or flags.models[m].enabled
-        } & set(self.clients)
-        enabled -= idle_voters(ensemble, flags)  # their scores cannot change a decision
+        enabled = models_to_call(cfg) & set(self.clients)
         version = {m: flags.models[m].version if m in flags.models else None for m in enabled}
         if track_sequences:
             sequences = self.sequences.push(list(entity_ids), matrix)

@@ -98,6 +98,16 @@ def coordinates(msg: Message) -> tuple[int, int]:
     return partition, offset
 
 
+def _raise_or_log(err: KafkaError, log: logging.Logger) -> None:
+    """The policy of both splitters for an error event in a consumed list: a fatal error
+    (the client cannot continue) raises, so the service stops before committing; partition-EOF
+    notices are ignored; other errors are transient and logged."""
+    if err.fatal():
+        raise KafkaException(err)
+    if err.code() != KafkaError._PARTITION_EOF:
+        log.warning("consume error", extra={"error": err.str()})
+
+
 @dataclass(slots=True)
 class ConsumedBatch:
     """The usable messages of one `consume()` call, column-wise, and the offsets to commit."""
@@ -111,19 +121,13 @@ class ConsumedBatch:
 
 
 def split_consumed(msgs: list[Message], log: logging.Logger) -> ConsumedBatch:
-    """Separate records from the error events librdkafka delivers in the same list.
-
-    A fatal error (the client cannot continue) raises, so the service stops before committing;
-    partition-EOF notices are ignored; other errors are transient and logged.
-    """
+    """Separate records from the error events librdkafka delivers in the same list
+    (`_raise_or_log` decides what an error event does)."""
     batch = ConsumedBatch()
     for msg in msgs:
         err = msg.error()
         if err is not None:
-            if err.fatal():
-                raise KafkaException(err)
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consume error", extra={"error": err.str()})
+            _raise_or_log(err, log)
             continue
         partition, offset = coordinates(msg)
         batch.values.append(msg.value() or b"")
@@ -160,12 +164,8 @@ def consumed_columns(msgs: list[Message], log: logging.Logger) -> ConsumedColumn
     errors = list(map(Message.error, msgs))
     if any(errors):
         for err in errors:
-            if err is None:
-                continue
-            if err.fatal():
-                raise KafkaException(err)
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consume error", extra={"error": err.str()})
+            if err is not None:
+                _raise_or_log(err, log)
         msgs = [m for m, e in zip(msgs, errors, strict=True) if e is None]
     n = len(msgs)
     partitions = np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n)
