@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from models.dataset import read_labels
@@ -36,6 +37,7 @@ from services.replay.sources import EventSource
 from services.replay.summary import ReplaySummary, Tally
 from services.replay.writers import DecisionWriter, JsonlWriter, open_decisions, rejects_path
 from services.router.core import LiveConfig, ScoringCore, models_to_call
+from services.router.decision_json import encode_decisions
 from services.router.metrics import RouterMetrics
 
 ModelsMode = Literal["served", "registry"]
@@ -200,7 +202,9 @@ class _Run:
         if labels is None and self.label_map is not None:
             labels = [self.label_map.get(e, NORMAL_LABEL) for e in rows.event_ids]
             self.matched_labels.update(e for e in rows.event_ids if e in self.label_map)
-        records: list[dict[str, Any]] = [scored.record(i) for i in range(len(scored))]
+        # The stream door's batch encoder, parsed back: the same dicts as `record(i)` (a test
+        # holds the two equal) at a fraction of the cost of building them one by one.
+        records: list[dict[str, Any]] = [orjson.loads(v) for v in encode_decisions(scored)]
         if labels is not None:
             for record, label in zip(records, labels, strict=True):
                 record["label"] = label
