@@ -15,16 +15,13 @@ from typing import Annotated
 import typer
 
 from services.cli.errors import UserError, run_guarded
+from services.cli.options import ConfigOption
 from services.common.config import load_config
 from services.common.logging_setup import configure_logging
 
 alerts_app = typer.Typer(
     help="The alert outbox: what waits, what was refused.", no_args_is_help=True
 )
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Configuration file.", dir_okay=False)
-]
 
 
 def pagerduty_receiver(

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from services.cli.errors import UserError, run_guarded
+from services.cli.options import ConfigOption
 from services.common.config import load_config
 
 features_app = typer.Typer(help="Feature store and feature stream.", no_args_is_help=True)
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Configuration file.", dir_okay=False)
-]
 
 
 @features_app.command("apply")

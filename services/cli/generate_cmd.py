@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from services.cli.errors import UserError, run_guarded
+from services.cli.options import ConfigOption, QuietOption
 from services.common.config import load_config
 from services.generator import (
     GenerateOptions,
@@ -91,19 +92,8 @@ def generate(
             "(default: now for Kafka, 2026-01-05T00:00:00Z for files).",
         ),
     ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")
-    ] = False,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="Configuration file (default: $ANOMALY_CONFIG, else config/platform.yaml "
-            "if present).",
-            dir_okay=False,
-        ),
-    ] = None,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Generate a labelled synthetic event stream (deterministic for a given seed)."""
     failed = False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,6 +20,7 @@ from services.cli.features_cmd import features_app
 from services.cli.generate_cmd import generate
 from services.cli.ingest_cmd import ingest
 from services.cli.models_cmd import evaluate, models_app, train
+from services.cli.options import ConfigOption
 from services.cli.replay_cmd import replay
 from services.cli.router_cmd import router
 from services.cli.serve_cmd import serve
@@ -52,15 +52,6 @@ app.command("pagerduty-receiver")(pagerduty_receiver)
 app.add_typer(alerts_app, name="alerts")
 app.command("replay")(replay)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Configuration file (default: $ANOMALY_CONFIG, else config/platform.yaml if present).",
-        dir_okay=False,
-    ),
-]
 
 
 @config_app.command("validate")

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from services.cli.errors import UserError, run_guarded
+from services.cli.options import ConfigOption, QuietOption
 from services.common.config import PlatformConfig, load_config
 from services.common.model_names import ModelName
 
@@ -23,14 +24,10 @@ models_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Configuration file.", dir_okay=False)
-]
 StoreOption = Annotated[
     Path | None,
     typer.Option("--store", help="Registry root (default: model_store.path of the config)."),
 ]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

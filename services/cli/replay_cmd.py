@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from services.cli.errors import UserError, run_guarded
+from services.cli.options import QuietOption
 from services.common.config import load_config
 
 
@@ -65,9 +66,7 @@ def replay(
         Path | None,
         typer.Option("--summary-json", help="Also write the summary as JSON here.", dir_okay=False),
     ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")
-    ] = False,
+    quiet: QuietOption = False,
     config: Annotated[
         Path | None,
         typer.Option(
