@@ -37,10 +37,25 @@ _PROB_FLOOR: Final = 1e-30
 
 @dataclass(frozen=True, slots=True)
 class XGBoostSettings:
-    """Hyperparameters of the classifier."""
+    """Hyperparameters of the classifier.
 
-    n_rounds: int = 300
-    max_depth: int = 8
+    Chosen on 1M generated training events and 1M held-out ones (TPR at FPR 0.3%):
+
+    * `max_bin` 4096 instead of XGBoost's 256: the histogram puts a bin boundary every ~0.4%
+      of the rows, coarser than the tail at which a 0.3% false-positive budget is spent, so
+      the trees could not separate the most extreme normal values from anomalies. 256 bins:
+      69.2%, 1,024: 77.0%, 4,096: 78.0%, exact splits: 78.3% at 5x the training time.
+    * 40 rounds of depth 6 (280 trees) rather than 300 of depth 8 (2,100 trees): 25 to 100
+      rounds land within a point of each other, the large booster overfits the few thousand
+      labelled events (66.5% at 256 bins), and the small one scores a row in 1.3 us
+      instead of 13 us. Scoring is what limits the router's and the whole pipeline's
+      throughput, so the cheaper model is also the faster platform.
+    """
+
+    n_rounds: int = 40
+    max_depth: int = 6
+    max_bin: int = 4096
+    """Histogram bins per feature (see above); scoring cost does not depend on it."""
     learning_rate: float = 0.1
     normal_fraction: float = 0.25
     """Share of normal rows kept for fitting (their weight is scaled back up)."""
@@ -124,12 +139,17 @@ def fit_xgboost(
     weight = np.where(normal[keep], 1.0 / settings.normal_fraction, 1.0)
     threads = settings.threads or os.cpu_count() or 1
     dtrain = xgb.QuantileDMatrix(
-        np.asarray(x[keep], np.float32), label=labels[keep], weight=weight, nthread=threads
+        np.asarray(x[keep], np.float32),
+        label=labels[keep],
+        weight=weight,
+        nthread=threads,
+        max_bin=settings.max_bin,
     )
     params = {
         "objective": "multi:softprob",
         "num_class": len(ALL_LABELS),
         "max_depth": settings.max_depth,
+        "max_bin": settings.max_bin,
         "eta": settings.learning_rate,
         "min_child_weight": settings.min_child_weight,
         "tree_method": "hist",
