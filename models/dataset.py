@@ -211,19 +211,33 @@ def _row_to_event(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_event_columns(path: Path, columns: Sequence[str]) -> None:
+def events_table_problem(
+    columns: Sequence[str], also_allowed: frozenset[str] = frozenset()
+) -> str | None:
+    """Why a table with these columns is not an events table, or None.
+
+    One statement of the table contract for every reader of user files (training here, the
+    replay with its optional label column), so they accept and refuse the same headers.
+    """
     names = set(columns)
     missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in names]
     if "amount" not in names and "value" not in names:
         missing.append("amount (transactions) or value (metrics)")
     if missing:
-        raise TrainingDataError(f"{path}: events table lacks column(s): {', '.join(missing)}")
-    extra = sorted(names - EVENT_FIELDS)
+        return f"events table lacks column(s): {', '.join(missing)}"
+    extra = sorted(names - EVENT_FIELDS - also_allowed)
     if extra:
-        raise TrainingDataError(
-            f"{path}: events table has unknown column(s): {', '.join(extra)} "
-            f"(allowed: {', '.join(sorted(EVENT_FIELDS))})"
-        )
+        allowed = ", ".join(sorted(EVENT_FIELDS))
+        if also_allowed:
+            allowed += " and " + ", ".join(sorted(also_allowed))
+        return f"events table has unknown column(s): {', '.join(extra)} (allowed: {allowed})"
+    return None
+
+
+def _check_event_columns(path: Path, columns: Sequence[str]) -> None:
+    problem = events_table_problem(columns)
+    if problem is not None:
+        raise TrainingDataError(f"{path}: {problem}")
 
 
 def _table_batches(path: Path, fmt: str, batch_rows: int) -> Iterator[list[dict[str, Any]]]:

@@ -30,7 +30,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from models.dataset import EVENT_FIELDS, LABEL_CODE, REQUIRED_EVENT_COLUMNS
+from models.dataset import LABEL_CODE, events_table_problem
 from models.errors import TrainingDataError
 from models.metric_series import timestamp_ms as metric_timestamp_ms
 from services.common.anomaly_types import ALL_LABELS, NORMAL_LABEL
@@ -165,19 +165,10 @@ class EventSource:
         self._columns = names
 
     def _check_event_columns(self, names: Sequence[str]) -> None:
-        present = set(names)
-        missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in present]
-        if "amount" not in present and "value" not in present:
-            missing.append("amount (transactions) or value (metrics)")
-        if missing:
-            raise ReplayError(f"{self.path}: events table lacks column(s): {', '.join(missing)}")
-        extra = sorted(present - EVENT_FIELDS - {LABEL_COLUMN})
-        if extra:
-            raise ReplayError(
-                f"{self.path}: events table has unknown column(s): {', '.join(extra)} "
-                f"(allowed: {', '.join(sorted(EVENT_FIELDS))} and {LABEL_COLUMN})"
-            )
-        self.has_labels = LABEL_COLUMN in present
+        problem = events_table_problem(names, also_allowed=frozenset({LABEL_COLUMN}))
+        if problem is not None:
+            raise ReplayError(f"{self.path}: {problem}")
+        self.has_labels = LABEL_COLUMN in names
 
     # ------------------------------------------------------------------ reading
 
