@@ -19,7 +19,6 @@ load on the shared cores; the report gives the ratios and the load average aroun
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -33,26 +32,17 @@ import yaml
 from confluent_kafka import Consumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from local_kafka import LocalKafka, free_port  # noqa: E402
 from local_redis import LocalRedis  # noqa: E402
 from pipeline_monitor import PipelineMonitor, scrape  # noqa: E402
 
+from loadtest.bench_output import emit  # noqa: E402
+from loadtest.procstat import load_average, process_cpu_seconds  # noqa: E402
 from services.common.config import PlatformConfig, dump_config  # noqa: E402
 from services.common.kafka.clients import make_admin  # noqa: E402
 from services.common.kafka.topics import ensure_topics, pipeline_topics  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def config_for(bootstrap: str, store: str, redis_url: str | None, work: Path) -> PlatformConfig:
@@ -91,7 +81,7 @@ def run_one(
     python = [sys.executable, "-m", "services.cli.main"]
     replicas: list[tuple[subprocess.Popen[bytes], int]] = []
     logs = []
-    load_before = os.getloadavg()
+    load_before = load_average()
     monitor = PipelineMonitor(cfg)
     try:
         for r in range(args.replicas):
@@ -119,7 +109,7 @@ def run_one(
             "broker": broker_pid,
             "bench reader": os.getpid(),
         }
-        cpu0 = {k: cpu_seconds(p) for k, p in pids.items() if p}
+        cpu0 = {k: process_cpu_seconds(p) for k, p in pids.items() if p}
         print(
             f"[bench] {store} ({variant}, {args.replicas} replica(s)): generating "
             f"{args.rate:,.0f} events/s for {args.seconds:.0f} s",
@@ -152,7 +142,7 @@ def run_one(
         lag_of = _CommittedLag(cfg)
         while gen.poll() is None:
             time.sleep(2.0)
-            gen_cpu = max(gen_cpu, cpu_seconds(gen.pid))
+            gen_cpu = max(gen_cpu, process_cpu_seconds(gen.pid))
             snap = monitor.snapshot()
             snap.consumer_lag = lag_of()
             samples.append(snap)
@@ -168,7 +158,7 @@ def run_one(
         while monitor.snapshot().features < generated and time.monotonic() < deadline:
             time.sleep(0.5)
         elapsed = time.monotonic() - started
-        cpu1 = {k: cpu_seconds(p) for k, p in pids.items() if p}
+        cpu1 = {k: process_cpu_seconds(p) for k, p in pids.items() if p}
         final = monitor.snapshot()
         # Offsets are committed once features and online-store rows are durable: the time to
         # a zero committed lag after the last feature is how far the online store trailed.
@@ -202,7 +192,7 @@ def run_one(
             "online_store": online,
             "cpu_seconds": {**cpu, "ingest": round(ingest_cpu, 1), "generator": round(gen_cpu, 1)},
             "ingest_cpu_us_per_event": round(ingest_cpu / max(final.features, 1) * 1e6, 2),
-            "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            "load_average_before_after": [load_before[0], load_average()[0]],
             "wall_seconds": round(elapsed, 1),
         }
     finally:
@@ -394,11 +384,7 @@ def main() -> int:
         "results": results,
         "current_over_baseline": ratios(results),
     }
-    print(json.dumps(report, indent=2))
-    print()
-    print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    emit(report, table(results), args.json)
     return 0
 
 

@@ -54,28 +54,16 @@ import numpy.typing as npt
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from local_kafka import LocalKafka, free_port  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
+from loadtest.bench_output import emit  # noqa: E402
+from loadtest.procstat import load_average, process_cpu_seconds  # noqa: E402
+
 WORK = ROOT / "var" / "bench" / "router"
 TARGETS = {"stream_decisions_per_s": 50_000, "rest_p99_ms": 10.0}
 CURRENT = "current"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def load_average() -> list[float]:
-    """1, 5 and 15 minute load averages: what else used the cores."""
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # --------------------------------------------------------------------------- data and models
@@ -373,7 +361,7 @@ def run_stream(
         args += list(extra_args)
     load0 = load_average()
     proc, log = start_router(build, trees, cfg, prefix, args)
-    model_cpu0 = cpu_seconds(models.proc.pid)
+    model_cpu0 = process_cpu_seconds(models.proc.pid)
     started = time.monotonic()
     router_cpu = 0.0
     watermarks = Watermarks(bootstrap, scores_topic)
@@ -381,14 +369,14 @@ def run_stream(
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"router exited:\n{log.read_text()[-3000:]}")
-            router_cpu = cpu_seconds(proc.pid)
+            router_cpu = process_cpu_seconds(proc.pid)
             if watermarks.count() >= n:
                 break
             if time.monotonic() - started > 900:
                 raise RuntimeError(f"router did not finish in 900 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
         wall = time.monotonic() - started
-        model_cpu = cpu_seconds(models.proc.pid) - model_cpu0
+        model_cpu = process_cpu_seconds(models.proc.pid) - model_cpu0
     finally:
         watermarks.close()
         rc = stop(proc)
@@ -454,7 +442,8 @@ def run_door(
         target = (f"http://127.0.0.1:{http}/v1/score" if door == "rest"
                   else f"127.0.0.1:{cfg['router']['grpc_port']}")  # fmt: skip
         load0 = load_average()
-        router_cpu0, model_cpu0 = cpu_seconds(proc.pid), cpu_seconds(models.proc.pid)
+        router_cpu0 = process_cpu_seconds(proc.pid)
+        model_cpu0 = process_cpu_seconds(models.proc.pid)
         gen = subprocess.run(
             [sys.executable, __file__, "load", "--door", door, "--target", target,
              "--rate", str(args.rate), "--seconds", str(args.seconds),
@@ -464,8 +453,8 @@ def run_door(
         )  # fmt: skip
         if gen.returncode != 0:
             raise RuntimeError(f"load generator failed:\n{gen.stdout}\n{gen.stderr}")
-        router_cpu = cpu_seconds(proc.pid) - router_cpu0
-        model_cpu = cpu_seconds(models.proc.pid) - model_cpu0
+        router_cpu = process_cpu_seconds(proc.pid) - router_cpu0
+        model_cpu = process_cpu_seconds(models.proc.pid) - model_cpu0
         load1 = load_average()
     finally:
         stop(proc)
@@ -593,7 +582,7 @@ def load_main(argv: Sequence[str]) -> int:
             return await _open_loop(send_grpc, a.rate, a.seconds, a.warmup_seconds, len(entities))
 
     result = asyncio.run(run())
-    result["cpu_seconds"] = round(cpu_seconds(os.getpid()), 1)
+    result["cpu_seconds"] = round(process_cpu_seconds(os.getpid()), 1)
     a.out.write_text(json.dumps(result))
     return 0
 
@@ -722,11 +711,7 @@ def main() -> int:
         "targets": TARGETS,
         "results": results,
     }
-    print(json.dumps(report, indent=2))
-    print()
-    print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    emit(report, table(results), args.json)
     return 0
 
 

@@ -62,10 +62,18 @@ import numpy.typing as npt
 import orjson
 import yaml
 
-from models.registry import LoadedModel, Registry
-from services.common.model_names import ModelName
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loadtest.procstat import (  # noqa: E402
+    descendants,
+    load_average,
+    machine_busy_seconds,
+    process_cpu_seconds,
+)
+from models.registry import LoadedModel, Registry  # noqa: E402
+from services.common.model_names import ModelName  # noqa: E402
+
 F32 = npt.NDArray[np.float32]
 Call = Callable[[], Awaitable[None]]
 
@@ -152,54 +160,25 @@ class Usage:
     other_cores: float
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (Linux)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads); 0 once it is gone."""
-    fields = _stat(pid)
-    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / TICK
-
-
-def _busy_seconds() -> float:
-    """CPU time the whole machine spent busy (user, nice, system, irq, softirq)."""
-    with open("/proc/stat") as fh:
-        values = [int(v) for v in fh.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = values
-    return (user + nice + system + irq + softirq) / TICK
-
-
 def _tree(pid: int) -> list[int]:
     """`pid` and all its descendants."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(parents.get(current, []))
-    return out
+    return [pid, *descendants(pid)]
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds of one process; 0 once it is gone (sums over worker processes)."""
+    return process_cpu_seconds(pid, gone=0.0)
 
 
 def busy_neighbours(seconds: float = 1.0, top: int = 6) -> list[dict[str, Any]]:
     """The processes outside this benchmark that used the most CPU over `seconds`."""
     mine = set(_tree(os.getpid()))
     pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    before = {pid: _cpu_seconds(pid) for pid in pids if pid not in mine}
+    before = {pid: _cpu(pid) for pid in pids if pid not in mine}
     time.sleep(seconds)
     used: list[dict[str, Any]] = []
     for pid, t0 in before.items():
-        cores = (_cpu_seconds(pid) - t0) / seconds
+        cores = (_cpu(pid) - t0) / seconds
         if cores > 0.02:
             try:
                 raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -221,7 +200,7 @@ class CpuMeter:
         self._server_pids = server_pids
 
     def _server_cpu(self, pids: list[int]) -> dict[int, float]:
-        return {pid: _cpu_seconds(pid) for pid in pids}
+        return {pid: _cpu(pid) for pid in pids}
 
     @contextmanager
     def measure(self) -> Iterator[list[Usage]]:
@@ -229,15 +208,15 @@ class CpuMeter:
         out: list[Usage] = []
         pids = self._server_pids()
         t0 = time.perf_counter()
-        machine0 = _busy_seconds()
-        me0 = _cpu_seconds(os.getpid())
+        machine0 = machine_busy_seconds()
+        me0 = _cpu(os.getpid())
         server0 = self._server_cpu(pids)
         yield out
         wall = time.perf_counter() - t0
-        me = _cpu_seconds(os.getpid()) - me0
+        me = _cpu(os.getpid()) - me0
         server1 = self._server_cpu(pids)
         server = sum(server1[p] - server0[p] for p in pids if server1[p] >= server0[p])
-        machine = _busy_seconds() - machine0
+        machine = machine_busy_seconds() - machine0
         other = max(0.0, machine - me - server)
         out.append(Usage(server / wall if pids else None, me / wall, other / wall))
 
@@ -1006,13 +985,13 @@ async def measure_single(
                 for _ in range(50):
                     await call()
                 pids = servers[key].pids()
-                cpu0 = sum(_cpu_seconds(p) for p in pids)
+                cpu0 = sum(_cpu(p) for p in pids)
                 latencies = []
                 for _ in range(n):
                     start = time.perf_counter()
                     await call()
                     latencies.append(time.perf_counter() - start)
-                cpu = sum(_cpu_seconds(p) for p in pids) - cpu0
+                cpu = sum(_cpu(p) for p in pids) - cpu0
                 lat_ms = [v * 1000 for v in latencies]
                 cells[key] = Single(
                     name.value,
@@ -1228,7 +1207,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "load_average_before": [round(v, 2) for v in os.getloadavg()],
+        "load_average_before": load_average(),
         "versions": versions,
     }
 
@@ -1350,7 +1329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine["busy_neighbours_before"] = busy_neighbours()
         started = time.perf_counter()
         report = asyncio.run(run_benchmark(args, store, work))
-        machine["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+        machine["load_average_after"] = load_average()
         machine["busy_neighbours_after"] = busy_neighbours()
         machine["seconds"] = round(time.perf_counter() - started, 1)
         report.machine = machine

@@ -14,12 +14,10 @@ Each probe records and nothing more (`e2e_metrics` turns the records into figure
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Self
 
 import orjson
@@ -28,11 +26,9 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from pipeline_monitor import TopicTail
 
 from loadtest.e2e_metrics import DecisionLedger, OffsetSample
+from loadtest.procstat import cpu_seconds, machine_busy_seconds, peak_rss_mb
 from services.common.config import PlatformConfig
 from services.common.kafka.clients import make_admin
-
-TICK = os.sysconf("SC_CLK_TCK")
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 class ScoresReader(TopicTail):
@@ -129,59 +125,6 @@ class OffsetSampler:
             except KafkaException as exc:  # a slow broker answer: a gap, not a dead sampler
                 self.missed.append(f"{time.monotonic() - self._started:.1f}s: {exc}")
             self._stop.wait(self._interval)
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _children(pid: int, exclude: Collection[int]) -> list[int]:
-    """Descendants of `pid` (a model server may fork workers), without the subtrees of the
-    `exclude`d processes, which are accounted for under their own names."""
-    by_parent: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
-            by_parent.setdefault(int(fields[1]), []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = [k for k in by_parent.get(todo.pop(), []) if k not in exclude]
-        out += kids
-        todo += kids
-    return out
-
-
-def cpu_seconds(pid: int, exclude: Collection[int] = ()) -> float:
-    """User + system CPU of a process and its live descendants (all threads)."""
-    total = 0.0
-    for p in [pid, *_children(pid, exclude)]:
-        fields = _stat_fields(p)
-        if fields is not None:
-            total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
-
-
-def peak_rss_mb(pid: int, exclude: Collection[int] = ()) -> float:
-    """Peak resident memory (VmHWM) of a process plus that of its live descendants."""
-    total_kb = 0
-    for p in [pid, *_children(pid, exclude)]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent not idle since boot (/proc/stat)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    values = [int(v) for v in fields[:8]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values) - idle) / TICK
 
 
 @dataclass

@@ -34,7 +34,8 @@ from loadtest.e2e_metrics import (
     rates,
     sustained,
 )
-from loadtest.e2e_probes import ProcessTable, cpu_seconds
+from loadtest.e2e_probes import ProcessTable
+from loadtest.procstat import cpu_seconds
 from services.common.anomaly_types import AnomalyType
 from services.common.config import PlatformConfig
 from services.router.alerts.alert import Alert
