@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -225,49 +226,39 @@ def test_json_schema_accepts_valid_events(good: dict[str, Any]) -> None:
     jsonschema.Draft202012Validator(event_json_schema()).validate(good)
 
 
+MUTATION_POOL: list[Any] = [
+    None, True, 0, 1, -1, 7, 1.5, -0.5, 0.0, 1e308, "", "x", "DE", "de", "EUR", "eur", "D1",
+    "y" * 65, "z" * 129, [], {}, 1_767_571_200_000, 946_684_799_999, 4_102_444_800_001, 1.7e12,
+]  # fmt: skip
+"""Values that break some field's rule: wrong types, bounds, case, lengths, time limits."""
+
+
+def mutated_events(
+    rng: random.Random, templates: list[dict[str, Any]], n: int, share_mutated: float = 1.0
+) -> list[dict[str, Any]]:
+    """`n` copies of valid templates, `share_mutated` of them with 1-3 fields dropped or set
+    to a value from MUTATION_POOL: the inputs on which two validators must agree."""
+    fields = [*TRADE, "value", "label"]
+    out = []
+    for _ in range(n):
+        obj = dict(rng.choice(templates))
+        if share_mutated >= 1.0 or rng.random() < share_mutated:
+            for _ in range(rng.randint(1, 3)):
+                name = rng.choice(fields)
+                if rng.random() < 0.2:
+                    obj.pop(name, None)
+                else:
+                    obj[name] = rng.choice(MUTATION_POOL)
+        out.append(obj)
+    return out
+
+
 def test_fast_path_and_precise_validator_agree_on_mutated_events() -> None:
     """The inline fast path may only accept what the table-driven validator accepts, identically."""
-    import random
-
     from services.common.events.validation import _fast_transaction, validate_event
 
-    pool: list[Any] = [
-        None,
-        True,
-        0,
-        1,
-        -1,
-        7,
-        1.5,
-        -0.5,
-        0.0,
-        1e308,
-        "",
-        "x",
-        "DE",
-        "de",
-        "EUR",
-        "eur",
-        "D1",
-        "y" * 65,
-        "z" * 129,
-        [],
-        {},
-        1_767_571_200_000,
-        946_684_799_999,
-        4_102_444_800_001,
-    ]
-    fields = [*TRADE, "value", "label"]
-    rng = random.Random(1)
     disagreements = []
-    for _ in range(20_000):
-        obj = dict(rng.choice([TRADE, PAYMENT]))
-        for _ in range(rng.randint(1, 3)):
-            name = rng.choice(fields)
-            if rng.random() < 0.2:
-                obj.pop(name, None)
-            else:
-                obj[name] = rng.choice(pool)
+    for obj in mutated_events(random.Random(1), [TRADE, PAYMENT], 20_000):
         try:
             precise: dict[str, Any] | None = validate_event(dict(obj))
         except EventError:

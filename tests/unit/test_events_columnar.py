@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import numpy as np
 import orjson
@@ -18,7 +17,7 @@ from services.common.features.columns import (
 )
 from services.generator import generate_batch
 from services.generator.spec import StreamSpec
-from tests.unit.test_events import BAD_CASES, METRIC, PAYMENT, TRADE, with_
+from tests.unit.test_events import BAD_CASES, METRIC, PAYMENT, TRADE, mutated_events, with_
 
 _ARRAYS = ("partition", "offset", "ts", "amount", "quantity", "spread", "counterparty", "country")
 
@@ -124,23 +123,8 @@ def test_one_bad_event_in_a_large_batch_keeps_order_and_everything_else() -> Non
 
 
 def test_mutated_events_in_batches_agree_with_the_per_event_path() -> None:
-    pool: list[Any] = [
-        None, True, 0, 1, -1, 7, 1.5, -0.5, 0.0, 1e308, "", "x", "DE", "de", "EUR", "D1",
-        "y" * 65, "z" * 129, [], {}, 1_767_571_200_000, 946_684_799_999, 4_102_444_800_001,
-        1.7e12,
-    ]  # fmt: skip
-    fields = [*TRADE, "value", "label"]
-    rng = random.Random(3)
-    raws = []
-    for _ in range(6_000):
-        obj = dict(rng.choice([TRADE, PAYMENT, METRIC]))
-        if rng.random() < 0.5:
-            for _ in range(rng.randint(1, 3)):
-                name = rng.choice(fields)
-                if rng.random() < 0.2:
-                    obj.pop(name, None)
-                else:
-                    obj[name] = rng.choice(pool)
-        raws.append(orjson.dumps(obj))
+    templates = [TRADE, PAYMENT, METRIC]
+    objs = mutated_events(random.Random(3), templates, 6_000, share_mutated=0.5)
+    raws = [orjson.dumps(obj) for obj in objs]
     for start in range(0, len(raws), 1_000):
         assert_same(raws[start : start + 1_000])
