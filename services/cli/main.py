@@ -53,7 +53,6 @@ app.add_typer(alerts_app, name="alerts")
 app.command("replay")(replay)
 
 
-
 @config_app.command("validate")
 def config_validate(config: ConfigOption = None) -> None:
     """Check a configuration file (with ANOMALY_* overrides); exit 2 and list every problem."""

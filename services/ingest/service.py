@@ -48,8 +48,8 @@ from services.common.features.columns import columns_from_parsed
 from services.common.features.engine import EngineSettings, FeatureEngine
 from services.common.features.messages import encode_feature_messages
 from services.common.kafka.clients import consumed_columns, make_consumer, make_producer
+from services.common.kafka.dead_letters import send_dead_letter
 from services.ingest.changelog import StateChangelog
-from services.ingest.dead_letters import send_dead_letter
 from services.ingest.metrics import IngestMetrics
 from services.ingest.online_writer import CoalescingOnlineWriter, OnlineSink
 

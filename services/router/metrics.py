@@ -24,6 +24,11 @@ class RouterMetrics:
             "Decisions made without a model that failed or timed out.",
             registry=registry,
         )
+        self.dead_letters = Counter(
+            "anomaly_router_dead_letters_total",
+            "Features messages the stream door could not decode, sent to the dead-letter topic.",
+            registry=registry,
+        )
         self.alerts = Counter(
             "anomaly_router_alerts_total",
             "Alerts handed to the outbox.",

@@ -5,6 +5,8 @@ of it is acknowledged by the broker and its alerts are in the durable outbox
 (`AlertDelivery.enqueue` returns once they are on disk), and only together with every batch
 consumed before it (`inflight.InFlightBatches`). Consumers of `scores` and `alerts` tolerate
 duplicates: decisions carry the event id and the outbox drops an alert it already holds.
+A `features` message the door cannot decode (malformed, or another feature schema) goes to
+the dead-letter topic with its reason, and its batch is committed once that is acknowledged.
 
 Batches are pipelined, because one batch at a time leaves both processes idle half the time
 (the model server while the router encodes and waits for acks, the router while the models
@@ -29,12 +31,19 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from services.common.config import PlatformConfig
+from services.common.events import Rejected
 from services.common.features.messages import (
     FeatureBatch,
     FeatureMessageError,
     decode_feature_messages,
 )
-from services.common.kafka.clients import make_consumer, make_producer, split_consumed
+from services.common.kafka.clients import (
+    ConsumedBatch,
+    make_consumer,
+    make_producer,
+    split_consumed,
+)
+from services.common.kafka.dead_letters import send_dead_letter
 from services.router.alerts import AlertDelivery
 from services.router.core import LiveConfig, ScoredBatch, ScoringCore
 from services.router.decision_json import encode_decisions
@@ -89,6 +98,7 @@ class StreamScorer:
         self._inflight = InFlightBatches()
         self._topic = config.kafka.topics.features.name
         self._scores = config.kafka.topics.scores.name
+        self._dlq = config.kafka.topics.dlq.name
         self.error: str | None = None
         self.batches = 0
         self.decisions = 0
@@ -154,7 +164,7 @@ class StreamScorer:
             timeout = 0.0 if scoring is not None else self._batch_timeout_s
             msgs = consumer.consume(self._batch_max, timeout=timeout)
             self._ready.set()
-            following = self._start(core, msgs) if msgs else None
+            following = self._start(core, msgs, producer) if msgs else None
             if following is not None and following.scoring is not None:
                 await asyncio.sleep(0)  # let its requests leave before this loop is busy
             if scoring is not None:
@@ -166,18 +176,21 @@ class StreamScorer:
         if scoring is not None:
             await self._finish(scoring, producer)
 
-    def _start(self, core: ScoringCore, msgs: list[Message]) -> _Consumed | None:
+    def _start(
+        self, core: ScoringCore, msgs: list[Message], producer: Producer
+    ) -> _Consumed | None:
         """Decode a consumed batch, register it for commit, and start scoring it."""
         started = time.perf_counter()
         consumed = split_consumed(msgs, log)
         if not consumed.commit_to:
             return None
         keys = [(k or b"").decode() for k in consumed.keys]
+        inflight = self._inflight.add(consumed.commit_to)
         try:
             features = decode_feature_messages(consumed.values, keys)
         except FeatureMessageError:
-            features = self._decode_each(consumed.values, keys)
-        item = _Consumed(features, self._inflight.add(consumed.commit_to), started)
+            features = self._decode_each(consumed, keys, producer, inflight)
+        item = _Consumed(features, inflight, started)
         if len(features):
             item.scoring = asyncio.ensure_future(
                 core.score(features.event_ids, features.entity_ids, features.matrix, features.ts)
@@ -262,14 +275,40 @@ class StreamScorer:
             self._commit(producer, consumer)
             await asyncio.sleep(0)
 
-    def _decode_each(self, values: list[bytes], keys: list[str]) -> FeatureBatch:
-        """Skip (and log) the unusable messages of a batch instead of stalling on them."""
+    def _decode_each(
+        self,
+        consumed: ConsumedBatch,
+        keys: list[str],
+        producer: Producer,
+        inflight: InFlightBatch,
+    ) -> FeatureBatch:
+        """The usable messages of a batch; each unusable one goes to the dead-letter topic
+        with its reason (the batch is committed only once the broker has those too)."""
         good_values, good_keys = [], []
-        for value, key in zip(values, keys, strict=True):
+        for i, (value, key) in enumerate(zip(consumed.values, keys, strict=True)):
             try:
                 decode_feature_messages([value], [key])
             except FeatureMessageError as exc:
-                log.error("unusable features message skipped", extra={"error": str(exc)})
+                inflight.pending += 1
+                send_dead_letter(
+                    producer,
+                    self._dlq,
+                    Rejected(i, value, str(exc), None),
+                    key=consumed.keys[i],
+                    source_topic=self._topic,
+                    partition=consumed.partitions[i],
+                    offset=consumed.offsets[i],
+                    on_delivery=inflight.on_delivery,
+                )
+                self.metrics.dead_letters.inc()
+                log.warning(
+                    "features message sent to the dead-letter topic",
+                    extra={
+                        "reason": str(exc),
+                        "partition": consumed.partitions[i],
+                        "offset": consumed.offsets[i],
+                    },
+                )
                 continue
             good_values.append(value)
             good_keys.append(key)

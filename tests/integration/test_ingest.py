@@ -18,7 +18,7 @@ from services.common.features.columns import columns_from_events
 from services.common.features.definition import FEATURE_NAMES
 from services.common.features.engine import FeatureEngine
 from services.common.features.messages import decode_feature_messages
-from services.ingest.dead_letters import HEADER_PREFIX
+from services.common.kafka.dead_letters import HEADER_PREFIX
 from services.ingest.metrics import IngestMetrics
 from services.ingest.service import DeliveryError, IngestService
 from tests.integration.kafka_io import (

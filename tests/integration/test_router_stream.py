@@ -24,7 +24,8 @@ from local_kafka import free_port
 
 from models.dataset import features_from_events, parse_raw_events
 from services.common.config import PlatformConfig, dump_config
-from services.common.features.messages import HEADER_SIZE, encode_feature_messages
+from services.common.features.messages import HEADER_SIZE, MAGIC, encode_feature_messages
+from services.common.kafka.dead_letters import HEADER_PREFIX
 from services.generator import StreamSpec, generate_batch
 from tests.integration.conftest import ModelServer
 from tests.integration.kafka_io import (
@@ -123,6 +124,44 @@ def test_every_event_is_decided_on_its_entity_partition_and_a_clean_stop_commits
     assert committed_offsets(cfg, group, topics.features.name) == end_offsets(
         cfg, topics.features.name
     ), "a clean stop commits every scored batch"
+
+
+def test_unusable_features_messages_go_to_the_dead_letter_topic_and_the_rest_is_decided(
+    platform_config: Callable[[], PlatformConfig],
+    model_server: ModelServer,
+    feature_records: list[tuple[bytes, bytes]],
+    tmp_path: Path,
+) -> None:
+    cfg = platform_config()
+    topics = cfg.kafka.topics
+    create_topics(cfg)
+    good = feature_records[:2_000]
+    other_schema = good[0][1][:4] + b"v0000000" + good[0][1][12:]
+    bad = [(b"e-bad-1", b"not a features message"), (b"e-bad-2", other_schema)]
+    records = [*good[:700], bad[0], *good[700:1_500], bad[1], *good[1_500:]]
+    produce(cfg, topics.features.name, records)
+    config = router_config(cfg, model_server, tmp_path)
+    log = tmp_path / "router.log"
+    proc = start_router(config, log, "--batch-max", "500")
+    try:
+        scores = read_all(cfg, topics.scores.name, len(good), timeout_s=120)
+        dead = read_all(cfg, topics.dlq.name, len(bad), timeout_s=60)
+        assert proc.poll() is None, "the router keeps running past unusable messages"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+
+    assert sorted(event_ids(scores)) == sorted(v[HEADER_SIZE:].decode() for _, v in good)
+    assert sorted((r.key, r.value) for r in dead) == sorted(bad)
+    reasons = {r.key: r.headers[HEADER_PREFIX + "reason"].decode() for r in dead}
+    assert reasons[b"e-bad-1"].startswith(f"not a features message (expected {HEADER_SIZE}+")
+    assert other_schema[:4] == MAGIC and "feature schema 'v0000000'" in reasons[b"e-bad-2"]
+    for r in dead:
+        assert r.headers[HEADER_PREFIX + "source.topic"].decode() == topics.features.name
+    group = f"{config.parent.name}-router"
+    assert committed_offsets(cfg, group, topics.features.name) == end_offsets(
+        cfg, topics.features.name
+    ), "batches holding a dead letter are committed once it is acknowledged"
 
 
 @pytest.mark.slow

@@ -1,1 +1,1 @@
-"""Kafka client construction and topic management shared by all services."""
+"""Kafka client construction, topic management and dead letters shared by all services."""

@@ -1,4 +1,7 @@
-"""Rejected events go to the dead-letter topic with the reason, never silently dropped.
+"""Rejected records go to the dead-letter topic with the reason, never silently dropped.
+
+One topic (`kafka.topics.dlq`) for the pipeline: ingest sends events that fail validation,
+the router `features` messages it cannot decode; the `source.topic` header tells them apart.
 
 The original bytes are the record's value, untouched, so a fixed producer (or an operator)
 can replay them; the reason and the source coordinates travel as headers, the convention
