@@ -36,9 +36,9 @@ from models.progress import Progress, Throttle, silent
 from services.common.anomaly_types import ALL_LABELS, NORMAL_LABEL
 from services.common.events import Event, EventError, parse_event, validate_event
 from services.common.events.schema import METRIC_FIELDS, TRANSACTION_FIELDS
-from services.common.features.columns import columns_from_events
+from services.common.features.columns import EventColumns, columns_from_events
 from services.common.features.definition import FEATURE_NAMES
-from services.common.features.engine import EngineSettings, FeatureEngine
+from services.common.features.engine import BatchFeatures, EngineSettings, FeatureEngine
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -364,6 +364,19 @@ def parse_raw_events(raws: Sequence[bytes], where: str = "events") -> list[Event
 # --------------------------------------------------------------------------- features
 
 
+def feature_batches(
+    engine: FeatureEngine, events: Sequence[Event]
+) -> Iterator[tuple[EventColumns, BatchFeatures]]:
+    """Events through `engine` in stream order, FEATURE_BATCH_EVENTS at a time.
+
+    The one way a recorded stream is featurized (training, evaluation and the replay), so the
+    batch-granular `global_rate_1m` comes out the same wherever a model meets it.
+    """
+    for start in range(0, len(events), FEATURE_BATCH_EVENTS):
+        cols = columns_from_events(events[start : start + FEATURE_BATCH_EVENTS])
+        yield cols, engine.process(cols)
+
+
 class FeatureBuilder:
     """Feeds events, in stream order, through one FeatureEngine and collects the rows."""
 
@@ -378,10 +391,8 @@ class FeatureBuilder:
 
     def add(self, events: Sequence[Event]) -> None:
         """Compute the features of the next events of the stream."""
-        for start in range(0, len(events), FEATURE_BATCH_EVENTS):
-            part = events[start : start + FEATURE_BATCH_EVENTS]
-            cols = columns_from_events(part)
-            self._matrices.append(self._engine.process(cols).matrix)
+        for cols, out in feature_batches(self._engine, events):
+            self._matrices.append(out.matrix)
             self._event_ids.extend(cols.event_ids)
             self._entity_ids.extend(cols.entity_ids)
             self._ts.append(cols.ts)

@@ -2,9 +2,9 @@
 
 One `FeatureEngine` holds the state of every entity for the whole replay (ingest splits it by
 partition; the features of an event depend only on its own entity's history, so the result is
-the same), with the ingest configuration's lateness bound. Events go through it in
-micro-batches of `models.dataset.FEATURE_BATCH_EVENTS`, the granularity training used, so the
-one batch-granular feature (`global_rate_1m`) is computed as the models were trained on it.
+the same), with the ingest configuration's lateness bound. Events go through it the way
+training fed it (`models.dataset.feature_batches`), so the one batch-granular feature
+(`global_rate_1m`) is computed as the models were trained on it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.dataset import FEATURE_BATCH_EVENTS
+from models.dataset import feature_batches
 from services.common.events import Event
-from services.common.features.columns import columns_from_events
 from services.common.features.definition import FEATURE_NAMES
 from services.common.features.engine import EngineSettings, FeatureEngine
 
@@ -45,9 +44,7 @@ class StreamFeatures:
         matrices, late, ts = [], [], []
         event_ids: list[str] = []
         entity_ids: list[str] = []
-        for start in range(0, len(events), FEATURE_BATCH_EVENTS):
-            cols = columns_from_events(events[start : start + FEATURE_BATCH_EVENTS])
-            out = self._engine.process(cols)
+        for cols, out in feature_batches(self._engine, events):
             matrices.append(out.matrix)
             late.append(out.late)
             ts.append(cols.ts)
