@@ -88,6 +88,7 @@ def options(args: argparse.Namespace) -> PlatformOptions:
         var_dir=args.out_dir / "stack",
         model_store=args.model_store,
         train_events=args.train_events,
+        train_event_rate=args.rate,
         strategy=args.strategy,
         wipe_broker=True,
         log_name="bench-e2e",

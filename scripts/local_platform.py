@@ -65,6 +65,9 @@ class PlatformOptions:
     model_store: Path = ROOT / "model_store"
     train_events: int = 300_000
     """Events to train on when the registry has no model (first run only)."""
+    train_event_rate: float = 1_000.0
+    """Events per second of event time of that training stream: set it to the rate the run
+    generates, since the count features (and so the calibrated scores) scale with it."""
     strategy: str = "cascade"
     wipe_broker: bool = False
     """Delete the broker's data at the end (a broker on a throwaway port)."""
@@ -173,7 +176,11 @@ def local_config(bootstrap: str, opts: PlatformOptions, receiver_url: str) -> Pl
 
 
 def ensure_models(
-    config_file: Path, cfg: PlatformConfig, events: int, log: Callable[[str], None]
+    config_file: Path,
+    cfg: PlatformConfig,
+    events: int,
+    event_rate: float,
+    log: Callable[[str], None],
 ) -> None:
     """Train and register the three models when the registry has none (first run)."""
     from models.registry import Registry
@@ -185,10 +192,11 @@ def ensure_models(
         found = ", ".join(f"{m.value} v{registry.resolve(m)}" for m in ModelName)
         log(f"models found in {registry.root}: {found}")
         return
-    log(f"no registered {', '.join(missing)}: training on {events:,} generated events (once)")
+    log(f"no registered {', '.join(missing)}: training on {events:,} generated events at "
+        f"{event_rate:,.0f}/s (once)")  # fmt: skip
     subprocess.run(
         [sys.executable, "-m", "services.cli.main", "train", "-c", str(config_file),
-         "--events", str(events)],
+         "--events", str(events), "--event-rate", str(event_rate)],
         cwd=ROOT, check=True,
     )  # fmt: skip
 
@@ -253,7 +261,7 @@ def platform(opts: PlatformOptions) -> Iterator[RunningPlatform]:
         apply(cfg.feast)
         log(f"feast definitions applied (SQLite online store {cfg.feast.online_store})")
 
-        ensure_models(config_file, cfg, opts.train_events, log)
+        ensure_models(config_file, cfg, opts.train_events, opts.train_event_rate, log)
         log(f"PagerDuty receiver on {receiver.url} (GET /v2/incidents)")
         models = ServiceProcess(
             "model server",

@@ -42,6 +42,7 @@ def options(args: argparse.Namespace) -> PlatformOptions:
         ops_port=args.ops_port,
         receiver_port=args.receiver_port,
         train_events=args.train_events,
+        train_event_rate=args.rate,
         strategy=args.strategy,
     )
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--receiver-port", type=int, default=8300, help="PagerDuty receiver port")
     parser.add_argument(
         "--train-events", type=int, default=300_000,
-        help="events to train on when no model is registered",
+        help="events to train on when no model is registered (at the run's --rate)",
     )  # fmt: skip
     parser.add_argument(
         "--strategy", default="cascade", choices=STRATEGIES,

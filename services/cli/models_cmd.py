@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 
@@ -53,7 +53,13 @@ def _progress(quiet: bool) -> Any:
 
 
 def _generated(
-    seed: int, events: int, entities: int, anomaly_rate: float, payment_share: float, progress: Any
+    seed: int,
+    events: int,
+    entities: int,
+    anomaly_rate: float,
+    payment_share: float,
+    event_rate: float,
+    progress: Any,
 ) -> Any:
     """Features of a stream generated in-process (never written to disk)."""
     from models.dataset import FeatureBuilder, parse_raw_events
@@ -61,7 +67,11 @@ def _generated(
 
     try:
         spec = StreamSpec(
-            seed=seed, entities=entities, anomaly_rate=anomaly_rate, payment_share=payment_share
+            seed=seed,
+            entities=entities,
+            anomaly_rate=anomaly_rate,
+            payment_share=payment_share,
+            rate=event_rate,
         )
     except GeneratorError as exc:
         raise UserError(str(exc)) from None
@@ -81,6 +91,7 @@ def _dataset(
     events: int,
     entities: int | None,
     anomaly_rate: float | None,
+    event_rate: float | None,
     progress: Any,
 ) -> tuple[Any, str]:
     """(LabelledFeatures, description of the source)."""
@@ -95,12 +106,29 @@ def _dataset(
     gen = cfg.generator
     entities = gen.entities if entities is None else entities
     rate = gen.anomaly_rate if anomaly_rate is None else anomaly_rate
+    per_s = DEFAULT_EVENT_RATE if event_rate is None else event_rate
     source = (
         f"generated stream seed={seed} events={events} entities={entities} "
-        f"anomaly_rate={rate} payment_share={gen.payment_share}"
+        f"anomaly_rate={rate} payment_share={gen.payment_share} event_rate={per_s:g}/s"
     )
     progress(f"[data] {source}")
-    return _generated(seed, events, entities, rate, gen.payment_share, progress), source
+    data = _generated(seed, events, entities, rate, gen.payment_share, per_s, progress)
+    return data, source
+
+
+DEFAULT_EVENT_RATE: Final = 1_000.0
+"""Events per second of event time of a generated training or evaluation stream."""
+
+EventRateOption = Annotated[
+    float | None,
+    typer.Option(
+        "--event-rate",
+        min=1.0,
+        help="Events per second of event time of the generated stream (default 1,000). The "
+        "count and rate features scale with it: train and evaluate at the rate you serve "
+        "(a model trained at 1,000/s flags ~3x the normal traffic at 50,000/s).",
+    ),
+]
 
 
 def _guard_models(body: Any) -> None:
@@ -152,6 +180,7 @@ def train(
     anomaly_rate: Annotated[
         float | None, typer.Option("--anomaly-rate", help="Anomaly rate of the generated stream.")
     ] = None,
+    event_rate: EventRateOption = None,
     promote: Annotated[
         bool, typer.Option("--promote", help="Promote the new versions once registered.")
     ] = False,
@@ -177,7 +206,7 @@ def train(
         run_seed = cfg.generator.seed if seed is None else seed
         clock = Stopwatch()
         dataset, source = _dataset(
-            cfg, data, labels, run_seed, events, entities, anomaly_rate, progress
+            cfg, data, labels, run_seed, events, entities, anomaly_rate, event_rate, progress
         )
         progress(f"[data] {len(dataset):,} events ready in {clock.seconds:.1f} s")
         settings = TrainSettings(seed=run_seed, models=names)
@@ -276,6 +305,7 @@ def evaluate(
     skip_adbench: Annotated[
         bool, typer.Option("--skip-adbench", help="Do not run the ADBench check.")
     ] = False,
+    event_rate: EventRateOption = None,
     store: StoreOption = None,
     quiet: QuietOption = False,
     config: ConfigOption = None,
@@ -316,7 +346,7 @@ def evaluate(
         else:
             warmup = 0
         dataset, source = _dataset(
-            cfg, data, labels, eval_seed, warmup + events, None, None, progress
+            cfg, data, labels, eval_seed, warmup + events, None, None, event_rate, progress
         )
         settings = EvaluationSettings(
             tune_fraction=tune_fraction,

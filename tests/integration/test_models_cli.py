@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -87,3 +88,34 @@ def test_bad_training_file_is_one_clear_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "unknown column(s): colour" in result.output
     assert "Traceback" not in result.output
+
+
+def test_event_rate_sets_the_time_scale_the_features_are_learnt_at() -> None:
+    """--event-rate reaches the generator: the same events, packed 20x denser in event time,
+    come 20x closer to their entity's previous event (what a model trained at 1,000/s would
+    misread at 20,000/s)."""
+    from services.cli.models_cmd import _generated
+    from services.common.features.definition import FEATURE_NAMES
+
+    since_prev = FEATURE_NAMES.index("time_since_prev_s")
+    slow = _generated(5, 20_000, 200, 0.01, 0.5, 1_000.0, lambda _: None)
+    fast = _generated(5, 20_000, 200, 0.01, 0.5, 20_000.0, lambda _: None)
+    assert list(slow.event_ids) == list(fast.event_ids)
+    tail = slice(5_000, None)  # every entity seen: no first-event cap of one hour
+    ratio = np.median(slow.matrix[tail, since_prev]) / np.median(fast.matrix[tail, since_prev])
+    assert 15 < ratio < 25, ratio
+
+
+def test_train_records_the_event_rate_of_its_stream(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        make_app(),
+        ["train", "--model", "isolation_forest", "--events", "3000", "--seed", "3",
+         "--entities", "100", "--event-rate", "25000", "--store", str(tmp_path), "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "isolation_forest" / "1" / "metadata.json").read_text())
+    assert meta["training_data"]["source"].endswith("event_rate=25000/s")
+    refused = CliRunner().invoke(
+        make_app(), ["train", "--event-rate", "0", "--store", str(tmp_path), "--quiet"]
+    )
+    assert refused.exit_code == 2 and "event-rate" in refused.output
