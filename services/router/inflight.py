@@ -34,7 +34,7 @@ class InFlightBatch:
         """All decisions handed to the producer and alerts to the outbox."""
 
     def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        """The producer's delivery callback for this batch's decisions."""
+        """The producer's delivery callback for this batch's decisions and dead letters."""
         self.pending -= 1
         if err is not None:
             self.failed.append(err.str())
