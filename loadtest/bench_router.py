@@ -664,7 +664,9 @@ def main() -> int:
     args = parser.parse_args()  # fmt: skip
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if args.py_spy:
-        PROFILE[:] = ["py-spy", "record", "--format", "raw", "--rate", "200", "--threads"]
+        # py-spy is a dev dependency: it sits beside this interpreter, maybe not on PATH.
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        PROFILE[:] = [spy, "record", "--format", "raw", "--rate", "200", "--threads"]
 
     WORK.mkdir(parents=True, exist_ok=True)
     trees = {CURRENT: ROOT}

@@ -7,13 +7,13 @@ benchmarks while `anomaly ingest` gets a process that shuts down cleanly on SIGT
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import threading
 from types import FrameType
 
 from services.common.config import PlatformConfig
+from services.common.heap import freeze_startup_heap
 from services.common.ops_server import OpsServer
 from services.ingest.online_writer import OnlineSink
 from services.ingest.service import IngestService
@@ -60,11 +60,7 @@ def run_ingest(config: PlatformConfig, *, online_store: bool = True) -> None:
             "ops_port": ops.port,
         },
     )
-    # Everything imported so far (Feast alone leaves ~150k objects) lives for the whole
-    # process; moving it out of the collector's view keeps the per-batch garbage collections
-    # from walking it again and again.
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
     try:
         service.run()
     finally:

@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 from services.common.config import PlatformConfig
+from services.common.heap import freeze_startup_heap
 from services.common.model_names import ModelName
 from services.common.ops_server import OpsServer
 from services.router.alerts import AlertDelivery
@@ -144,6 +145,7 @@ async def _serve_doors(
                "grpc": config.router.grpc_port, "stream": stream,
                "config_watch": str(config_path) if config_path else None},
     )  # fmt: skip
+    freeze_startup_heap()  # the stream door has started; the doors are about to
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -217,6 +219,7 @@ def run_router_stream(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     thread = threading.Thread(target=scorer.run, name="stream-door")
+    freeze_startup_heap()
     thread.start()
     log.info(
         "router streaming",
