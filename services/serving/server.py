@@ -16,6 +16,7 @@ from fastapi import Request, Response
 
 from models.registry import LoadedModel, Registry
 from services.common.config import PlatformConfig
+from services.common.heap import freeze_startup_heap
 from services.common.model_names import ModelName
 from services.serving.metrics import ServingMetrics
 from services.serving.runtime import RuntimePolicy
@@ -181,4 +182,5 @@ def serve(config: PlatformConfig, spec: ServeSpec) -> None:
     )
     add_versioned_routes(model_server.app, server)
     quiet_request_logging()
+    freeze_startup_heap()  # KServe, FastAPI, ONNX Runtime and the models live as long as we do
     server.start(models)

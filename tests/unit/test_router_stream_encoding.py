@@ -30,12 +30,23 @@ STRATEGIES = ["weighted", "k_of_n", "any", "all", "cascade"]
 AWKWARD_IDS = ["plain", 'quo"te', "back\\slash", "new\nline", "ünïcødé-€", "per%cent %s", "\u2028"]
 
 
-def batch(strategy: str, seed: int, *, flags: FeatureFlags | None = None) -> ScoredBatch:
+GAPS = ["some-missing", "complete", "none-for-some"]
+"""Which scores are NaN: some models' for some events (the general texts); none (every
+number formatted by the template itself); every model's for some events (no score at all)."""
+
+
+def batch(
+    strategy: str, seed: int, *, flags: FeatureFlags | None = None, gaps: str = GAPS[0]
+) -> ScoredBatch:
     rng = np.random.default_rng(seed)
     n = 400
     scores: dict[ModelName, Any] = {m: rng.random(n) for m in ModelName}
-    scores[ModelName.XGBOOST][rng.random(n) < 0.1] = np.nan  # failed for some events
-    scores[ModelName.TRANSFORMER][rng.random(n) < 0.5] = np.nan  # cascade: not asked
+    if gaps != "complete":
+        scores[ModelName.XGBOOST][rng.random(n) < 0.1] = np.nan  # failed for some events
+        scores[ModelName.TRANSFORMER][rng.random(n) < 0.5] = np.nan  # cascade: not asked
+    if gaps == "none-for-some":
+        for m in ModelName:
+            scores[m][:7] = np.nan
     scores[ModelName.ISOLATION_FOREST][:20] = 1.0 - rng.random(20) * 1e-7  # many digits
     types = rng.integers(-1, 6, n)
     config = EnsembleConfig(strategy=strategy, thresholds={})
@@ -69,13 +80,14 @@ SHADOW = FeatureFlags(
 )
 
 
+@pytest.mark.parametrize("gaps", GAPS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("flags", [None, SHADOW], ids=["all-vote", "shadow-and-disabled"])
 def test_batch_json_parses_to_the_record_of_every_decision(
-    strategy: str, flags: FeatureFlags | None
+    strategy: str, flags: FeatureFlags | None, gaps: str
 ) -> None:
     for seed in (1, 2):
-        scored = batch(strategy, seed, flags=flags)
+        scored = batch(strategy, seed, flags=flags, gaps=gaps)
         encoded = encode_decisions(scored)
         assert len(encoded) == len(scored)
         for i, message in enumerate(encoded):
