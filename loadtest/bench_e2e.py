@@ -59,6 +59,7 @@ from loadtest.e2e_metrics import (  # noqa: E402
 )
 from loadtest.e2e_probes import OffsetSampler, ProcessTable, ScoresReader  # noqa: E402
 from loadtest.e2e_report import markdown, plots  # noqa: E402
+from services.common.heap import freeze_startup_heap  # noqa: E402
 
 ROUTER_GROUP = "anomaly-router"
 """The router's consumer group on `features` (`anomaly router --group-id` default)."""
@@ -100,6 +101,9 @@ def drive(stack: RunningPlatform, args: argparse.Namespace) -> dict[str, Any]:
     cfg = stack.config
     topics = cfg.kafka.topics
     ledger = DecisionLedger(prefix=f"g{args.seed}-")
+    # The readers make a dict per decision; the collector must not walk Feast's and the
+    # platform's start-up objects for each batch of them (this process shares the cores).
+    freeze_startup_heap()
     reader = ScoresReader(cfg, ledger).start()
     features = PipelineMonitor(cfg).start()  # event -> features: the ingest half of the path
     sampler = OffsetSampler(
