@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import json
 import os
 import shutil
 import sqlite3
@@ -457,3 +458,52 @@ def test_rendered_yaml_is_what_open_store_builds(tmp_path: Path) -> None:
     assert loaded.registry.path == built.registry.path
     assert "socket_timeout=5" in loaded.online_store.connection_string
     assert yaml.safe_load(rendered.read_text())["online_store"]["key_ttl_seconds"] == 7200
+
+
+_PROMETHEUS_PROBE = """
+import json, os, sys, warnings
+from pathlib import Path
+import numpy as np
+from services.common.config.model import FeastConfig, SqliteOnlineStore
+from services.common.feast_store import (
+    OnlineFeatureReader, OnlineFeatureWriter, apply, open_store,
+)
+from services.common.features.definition import FEATURE_NAMES
+root = Path(sys.argv[1])
+cfg = FeastConfig(repo_path=sys.argv[2], project="promprobe", registry_path="registry.db",
+                  online_store=SqliteOnlineStore(path="online.db"))
+apply(cfg, root)
+store = open_store(cfg, root)
+OnlineFeatureWriter(store, cfg).write_latest(
+    ["e1"], np.array([1_700_000_000_000]), np.ones((1, len(FEATURE_NAMES)), np.float32))
+rows = OnlineFeatureReader(store, cfg).read(["e1"])
+store.get_online_features(features=store.get_feature_service("{service}"),
+                          entity_rows=[{{"{key}": "e1"}}])
+from prometheus_client import CollectorRegistry, Gauge
+import prometheus_client.values as values
+gauge = Gauge("probe", "probe", ["p"], registry=CollectorRegistry())
+gauge.labels("0").set(1)
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    gauge.remove("0")
+print(json.dumps({{"env": sorted(k for k in os.environ if k.startswith("PROMETHEUS")),
+                  "value_class": values.ValueClass.__name__}}))
+"""
+
+
+def test_feast_leaves_prometheus_in_single_process_mode(tmp_path: Path) -> None:
+    """Feast's metrics module (imported on the first FeatureStore calls) sets the
+    multi-process variables for the whole process; a service that reads and writes features
+    must still remove labels (ingest drops a revoked partition's lag gauge) and hand a clean
+    environment to its children."""
+    from services.common.feast_store import JOIN_KEY
+
+    script = _PROMETHEUS_PROBE.format(service=FEATURE_SERVICE_NAME, key=JOIN_KEY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS")}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), str(REPO_ROOT / "feature_repo")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe == {"env": [], "value_class": "MutexValue"}
