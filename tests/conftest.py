@@ -15,6 +15,11 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module imports `feast` itself: Feast's metrics module switches
+# prometheus_client to multi-process mode for the whole process when it is imported first
+# (two service instances in one test would then share their counters). This package
+# imports Feast inside a guard that keeps prometheus_client in-process.
+import services.common.feast_store  # noqa: F401
 from services.common.config import PlatformConfig
 from services.common.config.model import KafkaConfig, TopicsConfig
 

@@ -491,6 +491,16 @@ print(json.dumps({{"env": sorted(k for k in os.environ if k.startswith("PROMETHE
 """
 
 
+def test_this_test_process_keeps_prometheus_in_process() -> None:
+    """The test modules import Feast directly; tests/conftest.py imports it through the
+    guard first. Otherwise a service's counters are shared between its instances in one
+    test (the ingest restart test counted 1,400 events for 300)."""
+    import prometheus_client.values
+
+    assert prometheus_client.values.ValueClass.__name__ == "MutexValue"
+    assert not [k for k in os.environ if k.startswith("PROMETHEUS")]
+
+
 def test_feast_leaves_prometheus_in_single_process_mode(tmp_path: Path) -> None:
     """Feast's metrics module (imported on the first FeatureStore calls) sets the
     multi-process variables for the whole process; a service that reads and writes features
