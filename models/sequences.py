@@ -135,12 +135,13 @@ class EntitySequences:
         slots = self._slots(entity_ids)
         touched, local = np.unique(slots, return_inverse=True)
         within = history_index(local, length)  # batch rows; PAD_INDEX past the batch's start
+        in_batch = within != PAD_INDEX
         lags = np.arange(length - 1, -1, -1)  # column j holds lag length-1-j
-        earlier = (within != PAD_INDEX).sum(axis=1, keepdims=True) - 1  # entity's rank in batch
+        earlier = in_batch.sum(axis=1, keepdims=True) - 1  # the event's rank in its entity
         # Lag k > rank: the ring's row (k - rank) back from its newest, ring rows first.
         from_ring = local[:, None] * length + length + earlier - lags[None, :]
         ring_rows = touched.size * length
-        index = np.where(within != PAD_INDEX, within + ring_rows, from_ring)
+        index = np.where(in_batch, within + ring_rows, from_ring)
         table = np.concatenate([self._rows[touched].reshape(ring_rows, -1), rows])
         sequences: F32 = table[index]
         last = np.zeros(touched.size, dtype=np.int64)

@@ -14,7 +14,6 @@ the whole batch has in common is literal text of the template. The output parses
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from itertools import chain
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Final
@@ -62,93 +61,66 @@ def _number_or_missing(values: npt.NDArray[np.float64], prefix: str, suffix: str
     return text
 
 
-def explanations(d: BatchDecision, rows: npt.NDArray[np.intp] | None = None) -> list[str]:
-    """`d.decision(i).explanation` for every event (or those in `rows`), column-wise: the
-    same text, character for character, so the evaluation and the live decisions never
-    disagree (a test compares them)."""
-    pick: npt.NDArray[np.intp] | slice = slice(None) if rows is None else rows
-    strategy = d.strategy
-    score = d.score[pick]
-    kinds = [_KIND_TEXT[c + 1] for c in d.anomaly_type[pick].tolist()]
-    heads = [
-        f"{strategy} score {s:.4f} {'>=' if a else '<'} {t:.4f}{k}"
-        for s, t, a, k in zip(score.tolist(), d.threshold[pick].tolist(),
-                              d.anomalous[pick].tolist(), kinds, strict=True)
-    ]  # fmt: skip
-    for i in np.flatnonzero(np.isnan(score)).tolist():
-        heads[i] = f"{strategy}: no model score{kinds[i]}"
-    weighted = strategy in ("weighted", "cascade")
-    parts: list[list[str]] = []
-    missing: list[tuple[str, npt.NDArray[np.bool_]]] = []
-    for m in (*d.voters, *d.shadows):
-        values = d.scores[m][pick]
-        if m in d.shadows:
-            parts.append(_number_or_missing(values, f"{m.value}=", " shadow"))
-            continue
-        suffix = f" w={d.weights[m]:g}" if weighted else ""
-        column = _number_or_missing(values, f"{m.value}=", suffix)
-        needed = d.needed[m][pick]
-        for i in np.flatnonzero(~needed).tolist():
-            column[i] += " not needed"
-        parts.append(column)
-        missing.append((m.value, needed & np.isnan(values)))
-    if parts:
-        out = [h + "; " + ", ".join(p) for h, p in zip(heads, zip(*parts, strict=True),
-                                                      strict=True)]  # fmt: skip
-    else:
-        out = [h + "; " for h in heads]
-    degraded = np.zeros(len(out), dtype=np.bool_)
-    for _, miss in missing:
-        degraded |= miss
-    for i in np.flatnonzero(degraded).tolist():
-        out[i] += "; degraded, missing: " + ", ".join(name for name, miss in missing if miss[i])
-    return out
+def _literal(text: str) -> str:
+    """Text safe to embed in a `%` template."""
+    return text.replace("%", "%%")
 
 
-def _literal(json_text: str) -> str:
-    """JSON text safe to embed in a `%` template."""
-    return json_text.replace("%", "%%")
+Column = tuple[str, Iterable[object] | None]
+"""A piece of the message template and its values, one per decision (None: literal text)."""
 
 
-Column = tuple[str, Iterable[object]]
-"""A `%` conversion of the message template and its values, one per decision."""
+def _render(columns: list[Column], n: int) -> list[str]:
+    """The `n` texts of a template made of `columns`: one `%` format for all of them, split
+    on newlines (none of the pieces holds a raw newline)."""
+    if n == 0:
+        return []
+    template = "".join(spec for spec, _ in columns) + "\n"
+    filled = [values for _, values in columns if values is not None]
+    flat = tuple(chain.from_iterable(zip(*filled, strict=True)))
+    return (template * n % flat).split("\n")[:n]
 
 
 def _number(values: npt.NDArray[np.float64], digits: int) -> Column:
     """A JSON number column: formatted inside the message's own `%` when it has no NaN (no
     list of texts to build and split), as pre-made texts with `null` when it has."""
     if np.isnan(values).any():
-        return "%s", list(_rounded(values, digits))
+        return "%s", _rounded(values, digits)
     return f"%.{digits}f", values.tolist()
 
 
-def _explanation_columns(d: BatchDecision) -> list[Column]:
-    """`explanations(d)` as template pieces: each part that is the same shape for the whole
-    batch (a number with no NaN, a model needed by every event) is a `%.4f` in the template,
-    the rest pre-made texts; the result is the same text, character for character."""
-    n = d.score.size
-    strategy = _literal(d.strategy)
-    kinds = [_KIND_TEXT[c + 1] for c in d.anomaly_type.tolist()]
+def _explanation_columns(d: BatchDecision, pick: npt.NDArray[np.intp] | slice) -> list[Column]:
+    """`d.decision(i).explanation` for the events `pick`, as template pieces: each part that
+    has the same shape for all of them (a number with no NaN, a model every event needed)
+    is a `%.4f` of the template, the rest pre-made texts."""
+    score = d.score[pick]
+    n = score.size
+    ops = [(" < ", " >= ")[a] for a in d.anomalous[pick].tolist()]
+    threshold = d.threshold[pick].tolist()
     out: list[Column] = []
-    if np.isnan(d.score).any():
-        heads = explanations(replace(d, voters=(), shadows=()))  # heads only: "...; "
-        out.append(("%s", [h[:-2] for h in heads]))
+    if np.isnan(score).any():
+        heads = [
+            f"{d.strategy} score {s:.4f}{op}{t:.4f}"
+            for s, op, t in zip(score.tolist(), ops, threshold, strict=True)
+        ]
+        for i in np.flatnonzero(np.isnan(score)).tolist():
+            heads[i] = f"{d.strategy}: no model score"
+        out.append(("%s", heads))
     else:
-        ops = [(" < ", " >= ")[a] for a in d.anomalous.tolist()]
-        out += [(f"{strategy} score %.4f", d.score.tolist()), ("%s", ops),
-                ("%.4f", d.threshold.tolist()), ("%s", kinds)]  # fmt: skip
-    out.append(("; ", []))
+        out += [(f"{_literal(d.strategy)} score %.4f", score.tolist()), ("%s", ops),
+                ("%.4f", threshold)]  # fmt: skip
+    out += [("%s", [_KIND_TEXT[c + 1] for c in d.anomaly_type[pick].tolist()]), ("; ", None)]
     weighted = d.strategy in ("weighted", "cascade")
     missing: list[tuple[str, npt.NDArray[np.bool_]]] = []
     for j, m in enumerate((*d.voters, *d.shadows)):
-        values = d.scores[m]
+        values = d.scores[m][pick]
         sep = ", " if j else ""
         nan = np.isnan(values)
         if m in d.shadows:
             suffix, needed = " shadow", np.ones(n, dtype=np.bool_)
         else:
             suffix = f" w={d.weights[m]:g}" if weighted else ""
-            needed = d.needed[m]
+            needed = d.needed[m][pick]
             missing.append((m.value, needed & nan))
         if not nan.any() and needed.all():
             out.append((f"{sep}{m.value}=%.4f{_literal(suffix)}", values.tolist()))
@@ -170,13 +142,22 @@ def _explanation_columns(d: BatchDecision) -> list[Column]:
     return out
 
 
+def explanations(d: BatchDecision, rows: npt.NDArray[np.intp] | None = None) -> list[str]:
+    """`d.decision(i).explanation` for every event (or those in `rows`), column-wise: the
+    same text, character for character, so the evaluation and the live decisions never
+    disagree (a test compares them). The `scores` messages embed the same pieces."""
+    pick: npt.NDArray[np.intp] | slice = slice(None) if rows is None else rows
+    return _render(_explanation_columns(d, pick), d.score[pick].size)
+
+
 def encode_decisions(batch: ScoredBatch) -> list[bytes]:
     """One JSON message per decision of `batch`, in batch order; parses to `record(i)`.
 
     The whole batch is one `%` format of a message template: each column either a
     conversion in the template with its values (numbers without NaN, formatted by `%`
-    itself) or a `%s` of texts made column-wise before. Measured on 1,000-decision
-    batches: ~40% less than making every field a text first.
+    itself) or a `%s` of texts made column-wise before; the explanation is the same pieces
+    `explanations` renders. Measured on 1,000-decision batches: ~20% less than making
+    every field a text first.
     """
     d = batch.decision
     n = len(batch)
@@ -217,15 +198,12 @@ def encode_decisions(batch: ScoredBatch) -> list[bytes]:
         columns.append((f"{head}{_literal(encode_basestring(m.value))}:{spec}", values))
     closing = "}" if names else ',"model_scores":{}'
     # Explanations hold only model and type names, numbers and fixed words: no escaping.
-    columns.append((f'{closing},"model_versions":{_literal(versions)},"explanation":"', []))
-    columns += _explanation_columns(d)
+    columns.append((f'{closing},"model_versions":{_literal(versions)},"explanation":"', None))
+    columns += _explanation_columns(d, slice(None))
     if tops is None:
-        columns.append(('","top_features":[]}', []))
+        columns.append(('","top_features":[]}', None))
     else:
         columns.append(('","top_features":%s}', tops))
-    template = "".join(spec for spec, _ in columns) + "\n"
-    filled = [values for _, values in columns if not isinstance(values, list) or values]
-    # One format over the whole batch, split on newlines: JSON text made by encode_basestring
-    # and orjson never holds a raw newline, so each line is exactly one message.
-    flat = tuple(chain.from_iterable(zip(*filled, strict=True)))
-    return (template * n % flat).encode().split(b"\n")[:n]
+    # JSON text made by encode_basestring and orjson never holds a raw newline, so each line
+    # of the rendered batch is exactly one message.
+    return [text.encode() for text in _render(columns, n)]

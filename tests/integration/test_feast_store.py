@@ -476,7 +476,7 @@ apply(cfg, root)
 store = open_store(cfg, root)
 OnlineFeatureWriter(store, cfg).write_latest(
     ["e1"], np.array([1_700_000_000_000]), np.ones((1, len(FEATURE_NAMES)), np.float32))
-rows = OnlineFeatureReader(store, cfg).read(["e1"])
+assert (OnlineFeatureReader(store, cfg).read(["e1"]) == 1).all()
 store.get_online_features(features=store.get_feature_service("{service}"),
                           entity_rows=[{{"{key}": "e1"}}])
 from prometheus_client import CollectorRegistry, Gauge
