@@ -24,26 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from models.dataset import FeatureBuilder, LabelledFeatures, parse_raw_events
+from models.dataset import LabelledFeatures, generated_features
 from models.errors import ModelsError
 from models.progress import Stopwatch, stderr_progress
 from models.registry import LoadedModel, Registry, Runtime
 from models.sequences import gather_sequences, history_index
 from models.training import TrainSettings, train_all
 from services.common.model_names import ModelName
-from services.generator import EventStream, StreamSpec
+from services.generator import StreamSpec
 
 BATCHES = (1, 64, 1024, 8192)
 
 
 def generated(events: int, seed: int) -> LabelledFeatures:
     """Features of a generated stream with its labels."""
-    builder = FeatureBuilder(progress=stderr_progress)
-    labels: dict[str, str] = {}
-    for chunk in EventStream(StreamSpec(seed=seed)).chunks(events):
-        builder.add(parse_raw_events(chunk.values()))
-        labels.update((r["event_id"], r["label"]) for r in chunk.labels())
-    return builder.build(labels)
+    return generated_features(StreamSpec(seed=seed), events, stderr_progress)
 
 
 def _pin_threads(threads: int) -> None:

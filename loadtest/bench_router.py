@@ -84,14 +84,11 @@ class FeatureData:
 def feature_data(events: int, entities: int, seed: int, warmup: int) -> FeatureData:
     """The shared window-feature engine over a generated stream (no second feature path):
     the last `events` vectors of a stream whose first `warmup` events only warm it up."""
-    from models.dataset import FeatureBuilder, parse_raw_events
-    from services.generator import EventStream, StreamSpec
+    from models.dataset import generated_features
+    from services.generator import StreamSpec
 
-    builder = FeatureBuilder()
     spec = StreamSpec(seed=seed, entities=entities, anomaly_rate=0.01)
-    for chunk in EventStream(spec).chunks(warmup + events):
-        builder.add(parse_raw_events(chunk.values()))
-    data = builder.build(None)
+    data = generated_features(spec, warmup + events)
     names = data.entity_names
     keep = slice(warmup, None)
     return FeatureData(

@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,9 @@ from services.common.events.schema import METRIC_FIELDS, TRANSACTION_FIELDS
 from services.common.features.columns import EventColumns, columns_from_events
 from services.common.features.definition import FEATURE_NAMES
 from services.common.features.engine import BatchFeatures, EngineSettings, FeatureEngine
+
+if TYPE_CHECKING:
+    from services.generator import StreamSpec
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -446,6 +449,22 @@ def features_from_events(
     builder = FeatureBuilder(settings, progress)
     for batch in batches:
         builder.add(batch)
+    return builder.build(labels)
+
+
+def generated_features(
+    spec: StreamSpec, events: int, progress: Progress = silent
+) -> LabelledFeatures:
+    """Features and labels of the first `events` events of a generated stream, chunk by
+    chunk (never written to disk, never held as one batch of raw events): what training,
+    evaluation and the benchmarks score when no data file is given."""
+    from services.generator import EventStream
+
+    builder = FeatureBuilder(progress=progress)
+    labels: dict[str, str] = {}
+    for chunk in EventStream(spec).chunks(events):
+        builder.add(parse_raw_events(chunk.values(), "generated stream"))
+        labels.update((r["event_id"], r["label"]) for r in chunk.labels())
     return builder.build(labels)
 
 

@@ -62,8 +62,8 @@ def _generated(
     progress: Any,
 ) -> Any:
     """Features of a stream generated in-process (never written to disk)."""
-    from models.dataset import FeatureBuilder, parse_raw_events
-    from services.generator import EventStream, GeneratorError, StreamSpec
+    from models.dataset import generated_features
+    from services.generator import GeneratorError, StreamSpec
 
     try:
         spec = StreamSpec(
@@ -75,12 +75,7 @@ def _generated(
         )
     except GeneratorError as exc:
         raise UserError(str(exc)) from None
-    builder = FeatureBuilder(progress=progress)
-    labels: dict[str, str] = {}
-    for chunk in EventStream(spec).chunks(events):
-        builder.add(parse_raw_events(chunk.values(), "generated stream"))
-        labels.update((r["event_id"], r["label"]) for r in chunk.labels())
-    return builder.build(labels)
+    return generated_features(spec, events, progress)
 
 
 def _dataset(
