@@ -862,7 +862,7 @@ def _inproc_caller(model: LoadedModel, x: F32, args: argparse.Namespace) -> Call
     from services.serving.batching import DynamicBatcher
     from services.serving.runtime import ModelRunner, RuntimePolicy
 
-    runner = ModelRunner(model, RuntimePolicy("auto", 256, 1, False))
+    runner = ModelRunner(model, RuntimePolicy("auto", None, 1, False))
 
     def run(rows: F32) -> ScoreBatch:
         return runner.score(rows)[0]

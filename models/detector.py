@@ -44,6 +44,10 @@ class NativeModel(Protocol):
 class Detector(NativeModel, Protocol):
     """A freshly fitted model that can be written to the registry."""
 
+    onnx_max_rows: int | None
+    """Largest batch its ONNX export scores faster than the native library (None: every
+    batch), as measured for this exporter; recorded in the metadata for the servers."""
+
     def save_native(self, folder: Path) -> str:
         """Write the native artifact into `folder`; returns its file name."""
         ...

@@ -17,8 +17,10 @@ constant feature, so the fitted forest (and its ONNX export) still takes all 22 
 and simply never looks at these.
 
 Raw output: `decision_function` (= `score_samples - offset_`), which is the `scores`
-output of the skl2onnx graph, so native and ONNX outputs can be compared directly; the
-anomaly score is its negation.
+output of the ONNX export, so native and ONNX outputs can be compared directly; the anomaly
+score is its negation. The export is one tree-ensemble node
+(`models/isolation_forest_onnx.py`), not skl2onnx's per-tree graph: 230x faster for one row
+and 2.6x faster than scikit-learn itself at 8,192 rows, so it serves every batch size.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from typing import Any, Final
 import numpy as np
 
 from models.detector import F32, F64, I64, InputKind, NativeModel
+from models.isolation_forest_onnx import isolation_forest_onnx
 from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
 
-ONNX_TARGET_OPSET: Final = {"": 15, "ai.onnx.ml": 3}
 IGNORED_FEATURES: Final = (
     "amount_sum_1m", "amount_sum_1h", "amount_mean_5m", "amount_mean_1h", "log_amount",
     "log_amount_std_1h", "global_rate_1m", "entity_events_seen",
@@ -55,6 +57,10 @@ class IsolationForestSettings:
 class IsolationForestDetector:
     """A fitted scikit-learn IsolationForest."""
 
+    onnx_max_rows: int | None = None
+    """ONNX Runtime is the faster runtime at every batch size (measured, 1 to 8,192 rows, one
+    thread: 22 us vs 17 ms for one row, 345k vs 133k rows/s at 8,192)."""
+
     def __init__(self, estimator: Any, settings: IsolationForestSettings) -> None:
         self.estimator = estimator
         self.settings = settings
@@ -72,19 +78,8 @@ class IsolationForestDetector:
         return KIND.native_file
 
     def to_onnx(self) -> bytes:
-        """skl2onnx graph with input `features` (float32, n x 22); output `scores`."""
-        from skl2onnx import convert_sklearn
-        from skl2onnx.common.data_types import FloatTensorType
-
-        onx = convert_sklearn(
-            self.estimator,
-            name=KIND.name.value,  # default: a random UUID, which breaks byte-identical rebuilds
-            model_optim=False,  # halves conversion time; ONNX Runtime removes identities anyway
-            initial_types=[("features", FloatTensorType([None, len(FEATURE_NAMES)]))],
-            target_opset=ONNX_TARGET_OPSET,
-        )
-        data: bytes = onx.SerializeToString()
-        return data
+        """One tree-ensemble node with input `features` (float32, n x 22); output `scores`."""
+        return isolation_forest_onnx(self.estimator, len(FEATURE_NAMES), KIND.name.value)
 
     def describe(self) -> dict[str, Any]:
         """Hyperparameters and the (absent) preprocessing."""

@@ -57,6 +57,8 @@ ONNX_FILE: Final = "model.onnx"
 CHECKSUMS_FILE: Final = "SHA256SUMS"
 PROMOTED_FILE: Final = "PROMOTED"
 TRITON_CONFIG_FILE: Final = "config.pbtxt"
+LEGACY_ONNX_MAX_ROWS: Final = 256
+"""`LoadedModel.onnx_max_rows` of versions whose metadata predates the field."""
 
 KINDS: Final[dict[ModelName, ModelKind]] = {
     ModelName.ISOLATION_FOREST: ISOLATION_FOREST_KIND,
@@ -144,6 +146,17 @@ class LoadedModel:
     def sequence_length(self) -> int | None:
         """Rows per input sequence (Transformer), else None."""
         value = self.metadata.get("input", {}).get("sequence_length")
+        return int(value) if value is not None else None
+
+    @property
+    def onnx_max_rows(self) -> int | None:
+        """Largest batch the ONNX export scores faster than the native library (None: every
+        batch), as training recorded it; versions that record nothing were exported when
+        ONNX Runtime won only at small batches (up to ~256 rows for both tree models)."""
+        onnx = self.metadata.get("onnx", {})
+        if "onnx_max_rows" not in onnx:
+            return LEGACY_ONNX_MAX_ROWS
+        value = onnx["onnx_max_rows"]
         return int(value) if value is not None else None
 
     def native(self) -> NativeModel:

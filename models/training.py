@@ -259,7 +259,12 @@ def train_model(
         **described,
         "calibration": calibrator.to_dict(),
         "metrics": {"holdout": metrics},
-        "onnx": {"file": ONNX_FILE, "parity_max_abs_diff": diff, "parity_rows": len(parity_rows)},
+        "onnx": {
+            "file": ONNX_FILE,
+            "parity_max_abs_diff": diff,
+            "parity_rows": len(parity_rows),
+            "onnx_max_rows": detector.onnx_max_rows,
+        },
         "artifacts": {"native": kind.native_file, "onnx": ONNX_FILE},
         "library_versions": library_versions(),
         "fit_seconds": round(fit_seconds, 2),

@@ -86,6 +86,9 @@ def _predict(net: SequenceScorer, x: F32, batch: int = 4096) -> F32:
 class TransformerDetector:
     """A fitted SequenceScorer (kept on the CPU after training)."""
 
+    onnx_max_rows: int | None = None
+    """Always its ONNX export: as fast as torch on the CPU, and serving never needs torch."""
+
     def __init__(self, net: SequenceScorer, settings: TransformerSettings, device: str) -> None:
         self.net = net
         self.settings = settings

@@ -1,10 +1,13 @@
 """Choosing the runtime that scores a batch: ONNX Runtime (CPU or CUDA) or the native library.
 
 No runtime wins everywhere (MEASUREMENTS.md, one core): ONNX Runtime has the lowest per-call
-cost (Isolation Forest 1,180 vs 215 rows/s at batch 1; XGBoost 112k vs 4.8k), while native
-scikit-learn and XGBoost `inplace_predict` are 2-4x faster from ~1,000 rows. So `auto` picks
-per batch by its row count. The Transformer always runs its ONNX export: it is as fast as
-torch on CPU and keeps torch out of serving images.
+cost (XGBoost, one row: 58 vs 604 us), while XGBoost's `inplace_predict` is faster from ~256
+rows. So `auto` picks per batch by its row count, up to the limit each version's metadata
+records for its exporter (`LoadedModel.onnx_max_rows`; `serving.onnx_max_rows` overrides it).
+The Isolation Forest's single-node export beats scikit-learn at every batch size (older
+versions, exported by skl2onnx as a 4,004-node graph, only up to ~256 rows), and the
+Transformer always runs its ONNX export: as fast as torch on CPU, and it keeps torch out of
+serving images.
 
 On a GPU, a model whose whole ONNX graph can be placed on CUDA runs every batch there. The
 tree ensembles' operators (`ai.onnx.ml` TreeEnsemble*) have no CUDA kernels: inside a CUDA
@@ -74,7 +77,8 @@ class RuntimePolicy:
     """How batches of one model are routed to runtimes."""
 
     mode: Literal["auto", "native", "onnx"]
-    onnx_max_rows: int
+    onnx_max_rows: int | None
+    """Overrides every model's own `LoadedModel.onnx_max_rows` when set."""
     threads: int
     use_cuda: bool
 
@@ -92,7 +96,8 @@ class RuntimePolicy:
             return "onnx"
         if self.mode == "native":
             return "native"
-        return "onnx" if rows <= self.onnx_max_rows else "native"
+        limit = self.onnx_max_rows if self.onnx_max_rows is not None else model.onnx_max_rows
+        return "onnx" if limit is None or rows <= limit else "native"
 
 
 class ModelRunner:

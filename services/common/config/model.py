@@ -228,12 +228,14 @@ class ServingConfig(Section):
     max_request_rows: int = Field(default=65_536, ge=1)
     """Larger requests are refused with a 4xx instead of stalling the server."""
     runtime: Literal["auto", "native", "onnx"] = "auto"
-    """Which runtime scores a batch. `auto` follows the measurements in MEASUREMENTS.md:
-    ONNX Runtime below `onnx_max_rows` rows (its per-call cost is lowest), the native library
-    (scikit-learn, XGBoost `inplace_predict`) above, where it is several times faster; the
-    Transformer always runs its ONNX export (serving never needs torch)."""
-    onnx_max_rows: int = Field(default=256, ge=0)
-    """`auto` uses ONNX Runtime for batches up to this many rows."""
+    """Which runtime scores a batch. `auto` follows measurement: ONNX Runtime for batches up
+    to the model's `onnx_max_rows` (its per-call cost is lowest), the native library
+    (scikit-learn, XGBoost `inplace_predict`) above, where it is faster. The Transformer always
+    runs its ONNX export (serving never needs torch)."""
+    onnx_max_rows: int | None = Field(default=None, ge=0)
+    """`auto` uses ONNX Runtime for batches up to this many rows. Unset: what the served
+    version's metadata records for its exporter (XGBoost 256; the Isolation Forest's
+    single-node export every batch; 256 for versions that record nothing)."""
     intra_op_threads: int = Field(default=1, ge=1, le=256)
     """Threads per ONNX Runtime / XGBoost call; 1 leaves cores to the other services."""
     gpu: Literal["auto", "never"] = "auto"
