@@ -8,6 +8,7 @@ plane with the version set, exactly as gRPC's `model_version` field already does
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +168,26 @@ def quiet_request_logging() -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
+def use_uvloop() -> bool:
+    """Make the loop KServe's `asyncio.run` creates a uvloop one, when uvloop is installed.
+
+    KServe serves REST and gRPC from one `asyncio.run`, on the default policy's loop (its
+    `event_loop` setting reaches uvicorn's config only), so the gRPC door ran on asyncio's
+    selector loop. uvloop's costs less per call: three interleaved pairs of 2,000 sequential
+    single-row XGBoost calls each, the server's main thread spent 1,065-1,275 us per call
+    against 1,295-1,465 us (~13% less; wall time per call 1.59-2.07 vs 1.96-2.24 ms). Returns
+    whether uvloop is in use.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # KServe's start() asks for the current loop (to set its executor) before asyncio.run.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    return True
+
+
 def serve(config: PlatformConfig, spec: ServeSpec) -> None:
     """Load the models and serve V2 REST and gRPC until SIGTERM/SIGINT."""
     import kserve
@@ -182,5 +203,6 @@ def serve(config: PlatformConfig, spec: ServeSpec) -> None:
     )
     add_versioned_routes(model_server.app, server)
     quiet_request_logging()
+    use_uvloop()
     freeze_startup_heap()  # KServe, FastAPI, ONNX Runtime and the models live as long as we do
     server.start(models)
