@@ -1,6 +1,7 @@
 """How fast the registered models score, per runtime and batch size, and how long training takes.
 
     python loadtest/bench_models.py score [--store model_store] [--threads 1] [--repeat 5]
+        [--all-versions]
     python loadtest/bench_models.py train [--events 1000000] [--seed 42] [--store DIR]
 
 `score`: rows (or sequences) per second of every registered model (the version that would
@@ -61,8 +62,16 @@ def _rows_per_s(model: LoadedModel, runtime: Runtime, x: Any, batch: int, repeat
     return calls * batch / statistics.median(times)
 
 
-def bench_score(store: Path, threads: int, repeat: int) -> None:
-    """Print a Markdown table of rows/s per model, runtime and batch size."""
+def _versions_to_score(registry: Registry, name: ModelName, every: bool) -> list[str | None]:
+    """The serving version (None), or every registered one, oldest first, to compare exports
+    of the same fit side by side in one run."""
+    if not every:
+        return [None]
+    return list(registry.versions(name)) or [None]
+
+
+def bench_score(store: Path, threads: int, repeat: int, every_version: bool = False) -> None:
+    """Print a Markdown table of rows/s per model (version), runtime and batch size."""
     _pin_threads(threads)
     registry = Registry(store)
     data = generated(60_000, seed=7)
@@ -70,29 +79,36 @@ def bench_score(store: Path, threads: int, repeat: int) -> None:
     print(f"| model | runtime | {' | '.join(f'batch {b}' for b in BATCHES)} |")
     print("|---|---|" + "---|" * len(BATCHES))
     for name in ModelName:
-        try:
-            model = registry.load(name)
-        except ModelsError as exc:  # a missing model is reported, not fatal
-            print(f"| {name.value} | – | {exc} |", file=sys.stderr)
-            continue
-        x = (
-            gather_sequences(data.matrix, index[-16_384:])
-            if model.sequence_length
-            else data.matrix[-16_384:]
+        for version in _versions_to_score(registry, name, every_version):
+            try:
+                model = registry.load(name, version)
+            except ModelsError as exc:  # a missing model is reported, not fatal
+                print(f"| {name.value} | – | {exc} |", file=sys.stderr)
+                continue
+            _score_rows(model, data, index, threads, repeat)
+
+
+def _score_rows(
+    model: LoadedModel, data: LabelledFeatures, index: Any, threads: int, repeat: int
+) -> None:
+    x = (
+        gather_sequences(data.matrix, index[-16_384:])
+        if model.sequence_length
+        else data.matrix[-16_384:]
+    )
+    model.onnx_session(threads=threads)
+    if model.name is ModelName.XGBOOST:
+        native: Any = model.native()
+        native._booster.set_param({"nthread": threads})
+    runtimes: tuple[Runtime, ...] = ("native", "onnx")
+    for runtime in runtimes:
+        model.predict_raw(x[:64], runtime)  # warm-up
+        rates = [_rows_per_s(model, runtime, x, b, repeat) for b in BATCHES]
+        print(
+            f"| {model.name.value} v{model.version} | {runtime} | "
+            + " | ".join(f"{r:,.0f}" for r in rates)
+            + " |"
         )
-        model.onnx_session(threads=threads)
-        if name is ModelName.XGBOOST:
-            native: Any = model.native()
-            native._booster.set_param({"nthread": threads})
-        runtimes: tuple[Runtime, ...] = ("native", "onnx")
-        for runtime in runtimes:
-            model.predict_raw(x[:64], runtime)  # warm-up
-            rates = [_rows_per_s(model, runtime, x, b, repeat) for b in BATCHES]
-            print(
-                f"| {name.value} v{model.version} | {runtime} | "
-                + " | ".join(f"{r:,.0f}" for r in rates)
-                + " |"
-            )
 
 
 def bench_train(events: int, seed: int, store: Path | None) -> None:
@@ -116,6 +132,11 @@ def main() -> None:
     score.add_argument("--store", type=Path, default=Path("model_store"))
     score.add_argument("--threads", type=int, default=1)
     score.add_argument("--repeat", type=int, default=5)
+    score.add_argument(
+        "--all-versions",
+        action="store_true",
+        help="every registered version, not only the serving one",
+    )
     train = sub.add_parser("train", help="training time of all three models")
     train.add_argument("--events", type=int, default=1_000_000)
     train.add_argument("--seed", type=int, default=42)
@@ -123,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     np.seterr(all="ignore")
     if args.command == "score":
-        bench_score(args.store, args.threads, args.repeat)
+        bench_score(args.store, args.threads, args.repeat, args.all_versions)
     else:
         bench_train(args.events, args.seed, args.store)
 
