@@ -120,17 +120,15 @@ def fit_events(store: Path) -> int:
 
 def train_store(root: Path) -> Path:
     """A registry like the integration tests' `model_store` (small models, seconds)."""
-    from models.dataset import features_from_events, parse_raw_events
+    from models.dataset import generated_features
     from models.registry import Registry
     from models.training import small_settings, train_all
-    from services.generator import StreamSpec, generate_batch
+    from services.generator import StreamSpec
 
     if (root / ".complete").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    batch = generate_batch(StreamSpec(seed=5, entities=300, anomaly_rate=0.03), 20_000)
-    labels = {label["event_id"]: label["label"] for label in batch.labels}
-    data = features_from_events([parse_raw_events(batch.values)], labels)
+    data = generated_features(StreamSpec(seed=5, entities=300, anomaly_rate=0.03), 20_000)
     train_all(data, small_settings(seed=1), Registry(root))
     (root / ".complete").write_text("ok\n")
     return root

@@ -99,12 +99,10 @@ def free_port() -> int:
 
 def feature_rows(events: int, seed: int) -> Any:
     """Feature rows of a generated stream: real rows give realistic tree paths."""
-    from models.dataset import features_from_events, parse_raw_events
-    from services.generator import StreamSpec, generate_batch
+    from models.dataset import generated_features
+    from services.generator import StreamSpec
 
-    batch = generate_batch(StreamSpec(seed=seed, entities=300, anomaly_rate=0.03), events)
-    labels = {label["event_id"]: label["label"] for label in batch.labels}
-    return features_from_events([parse_raw_events(batch.values)], labels)
+    return generated_features(StreamSpec(seed=seed, entities=300, anomaly_rate=0.03), events)
 
 
 def train_registry(root: Path, size: str, names: Sequence[ModelName]) -> None:
@@ -319,12 +317,14 @@ class GrpcClient:
         self._channel = grpc.aio.insecure_channel(target, options=options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
-    def caller(self, model: str, x: F32) -> Call:
-        """A coroutine function sending one pre-built request for `x`."""
+    @staticmethod
+    def request(model: str, x: F32, version: str = "") -> Any:
+        """The V2 request for `x` (`version` empty: the server's default version)."""
         from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-        request = pb.ModelInferRequest(
+        return pb.ModelInferRequest(
             model_name=model,
+            model_version=version,
             inputs=[
                 pb.ModelInferRequest.InferInputTensor(
                     name="features", datatype="FP32", shape=list(x.shape)
@@ -332,26 +332,23 @@ class GrpcClient:
             ],
             raw_input_contents=[np.ascontiguousarray(x, dtype="<f4").tobytes()],
         )
+
+    def caller(self, model: str, x: F32, version: str = "") -> Call:
+        """A coroutine function sending one pre-built request for `x`."""
+        request = self.request(model, x, version)
 
         async def call() -> None:
             await self._stub.ModelInfer(request, timeout=30)
 
         return call
 
+    async def infer(self, model: str, x: F32, version: str = "") -> Any:
+        """One answer (the ModelInferResponse)."""
+        return await self._stub.ModelInfer(self.request(model, x, version), timeout=30)
+
     async def check(self, model: str, x: F32) -> int:
         """Rows in the first output of a real answer (the servers must answer every row)."""
-        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-
-        request = pb.ModelInferRequest(
-            model_name=model,
-            inputs=[
-                pb.ModelInferRequest.InferInputTensor(
-                    name="features", datatype="FP32", shape=list(x.shape)
-                )
-            ],
-            raw_input_contents=[np.ascontiguousarray(x, dtype="<f4").tobytes()],
-        )
-        response = await self._stub.ModelInfer(request, timeout=30)
+        response = await self.infer(model, x)
         return int(response.outputs[0].shape[0])
 
     async def close(self) -> None:

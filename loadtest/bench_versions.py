@@ -7,7 +7,9 @@ replaces. Both versions are loaded into one `anomaly serve <model> --versions A,
 interleaved rounds, one request at a time: per batch size, the wall time per call, the
 server's CPU time per call (from /proc; its CPU time is read as clock ticks, 10 ms, hence
 `--seconds` per cell) and rows per CPU-second, as the median of the rounds.
-Their answers are compared too: two versions of the same fit (a re-export) must agree.
+Their answers are compared too: two versions of the same fit (a re-export) must agree. The
+inputs are real feature rows of a generated stream (sequences for the Transformer), so tree
+paths are realistic.
 
     python loadtest/bench_versions.py --model isolation_forest --versions 1,2
     python loadtest/bench_versions.py --model xgboost --versions 1,2 --batches 1,64,4096
@@ -17,96 +19,72 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-from local_process import free_port  # noqa: E402
 
 from loadtest.bench_output import emit  # noqa: E402
+from loadtest.bench_serving import (  # noqa: E402
+    GrpcClient,
+    Subprocess,
+    feature_rows,
+    free_port,
+    inputs_for,
+    tile,
+)
 from loadtest.procstat import load_average, process_cpu_seconds  # noqa: E402
+from models.registry import Registry  # noqa: E402
+from services.common.model_names import ModelName  # noqa: E402
 
-F32 = npt.NDArray[np.float32]
 
-
-def start_server(store: Path, model: str, versions: list[str], work: Path) -> tuple[Any, int]:
+def start_server(
+    store: Path, model: str, versions: list[str], work: Path
+) -> tuple[Subprocess, int]:
+    """`anomaly serve <model> --versions A,B`, ready; returns it and its gRPC port."""
     config = work / "serve.yaml"
     config.write_text(f"model_store: {{path: {store.resolve()}}}\n")
     http, grpc_port = free_port(), free_port()
-    log = (work / "serve.log").open("wb")
-    proc = subprocess.Popen(
+    server = Subprocess(
+        "model server",
         [sys.executable, "-m", "services.cli.main", "serve", model, "--versions",
          ",".join(versions), "-c", str(config), "--http-port", str(http),
          "--grpc-port", str(grpc_port), "--log-level", "WARNING"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
+        work / "serve.log", f"http://127.0.0.1:{http}/v2/health/ready",
     )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"model server exited:\n{(work / 'serve.log').read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1):
-                return proc, grpc_port
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("model server not ready in 180 s")
-
-
-def inputs(model: str, rows: int, seed: int) -> F32:
-    shape = (rows, 16, 22) if model == "transformer" else (rows, 22)
-    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    server.wait_ready()
+    return server, grpc_port
 
 
 async def measure(args: argparse.Namespace, pid: int, grpc_port: int) -> list[dict[str, Any]]:
-    import grpc
-    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-
-    big = 64 * 1024 * 1024
-    channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{grpc_port}",
-        options=[("grpc.max_send_message_length", big), ("grpc.max_receive_message_length", big)],
-    )
-    stub = pb_grpc.GRPCInferenceServiceStub(channel)
-
-    def request(version: str, x: F32) -> Any:
-        tensor = pb.ModelInferRequest.InferInputTensor(
-            name="features", datatype="FP32", shape=list(x.shape)
-        )
-        return pb.ModelInferRequest(
-            model_name=args.model, model_version=version, inputs=[tensor],
-            raw_input_contents=[np.ascontiguousarray(x, "<f4").tobytes()],
-        )  # fmt: skip
-
-    rows_out = []
+    """Per batch size: each version's median wall and server CPU per call over the rounds."""
+    # Real feature rows (realistic tree paths), shaped as the first version expects them.
+    model = Registry(args.store).load(ModelName(args.model), args.versions[0])
+    rows_pool = inputs_for(model, feature_rows(args.events, args.seed), args.events)
+    client = GrpcClient(f"127.0.0.1:{grpc_port}")
+    out = []
     try:
         for rows in args.batches:
-            x = inputs(args.model, rows, args.seed)
+            x = tile(rows_pool, rows)
             answers = {}
             for v in args.versions:
-                for _ in range(3):
-                    answer = await stub.ModelInfer(request(v, x))
+                for _ in range(3):  # warm-up
+                    answer = await client.infer(args.model, x, v)
                 answers[v] = np.frombuffer(answer.raw_output_contents[0], np.float32)
             rounds: dict[str, list[tuple[float, float]]] = {v: [] for v in args.versions}
             for _ in range(args.rounds):
                 for v in args.versions:
-                    built, calls = request(v, x), 0
+                    call, calls = client.caller(args.model, x, v), 0
                     cpu0, t0 = process_cpu_seconds(pid), time.perf_counter()
                     while calls < 3 or time.perf_counter() - t0 < args.seconds:
-                        await stub.ModelInfer(built)
+                        await call()
                         calls += 1
                     wall = (time.perf_counter() - t0) / calls
                     rounds[v].append((wall, (process_cpu_seconds(pid) - cpu0) / calls))
@@ -114,15 +92,15 @@ async def measure(args: argparse.Namespace, pid: int, grpc_port: int) -> list[di
             for v in args.versions:
                 wall = statistics.median(w for w, _ in rounds[v])
                 cpu = statistics.median(c for _, c in rounds[v])
-                rows_out.append({
+                out.append({
                     "batch": rows, "version": v, "ms_per_call": round(wall * 1e3, 3),
                     "server_cpu_ms_per_call": round(cpu * 1e3, 3),
                     "rows_per_cpu_s": round(rows / cpu) if cpu > 0 else None,
                     "max_abs_diff_vs_first": float(np.max(np.abs(answers[v] - first))),
                 })  # fmt: skip
     finally:
-        await channel.close()
-    return rows_out
+        await client.close()
+    return out
 
 
 def table(rows: list[dict[str, Any]], versions: list[str]) -> str:
@@ -152,6 +130,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.5,
                         help="per version, batch size and round (at least 3 calls)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--events", type=int, default=20_000, help="generated events for inputs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.versions = [v.strip() for v in args.versions.split(",") if v.strip()]
@@ -160,12 +139,11 @@ def main() -> int:
         parser.error("--versions needs at least two versions")
     load0 = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-versions-") as tmp:
-        proc, grpc_port = start_server(args.store, args.model, args.versions, Path(tmp))
+        server, grpc_port = start_server(args.store, args.model, args.versions, Path(tmp))
         try:
-            rows = asyncio.run(measure(args, proc.pid, grpc_port))
+            rows = asyncio.run(measure(args, server.proc.pid, grpc_port))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            server.stop()
     report = {
         "model": args.model, "versions": args.versions, "store": str(args.store),
         "rounds": args.rounds, "results": rows,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from services.generator import StreamSpec, generate_batch
+from services.generator import StreamSpec
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,8 @@ class ScoringRows:
 @functools.cache
 def scoring_rows(events: int = 5_000, entities: int = 500, seed: int = 7) -> ScoringRows:
     """Features of a generated stream (computed once per process: a second or two)."""
-    from models.dataset import features_from_events, parse_raw_events
+    from models.dataset import generated_features
 
-    batch = generate_batch(StreamSpec(seed=seed, entities=entities), events)
-    data = features_from_events([parse_raw_events(batch.values)])
+    data = generated_features(StreamSpec(seed=seed, entities=entities), events)
     names = [data.entity_names[i] for i in data.entity.tolist()]
     return ScoringRows(names, data.ts, data.matrix)

@@ -67,20 +67,12 @@ def _node_depths(left: npt.NDArray[np.intp], right: npt.NDArray[np.intp]) -> F64
     return depth
 
 
-def _resolved_feature_count(estimator: Any) -> int:
-    """How many features each tree saw, as BaseBagging resolves `max_features`."""
-    n_features = int(estimator.n_features_in_)
-    max_features = estimator.max_features
-    if isinstance(max_features, (int, np.integer)):
-        return int(max_features)
-    return max(1, int(max_features * n_features))
-
-
 def forest_attributes(estimator: Any) -> dict[str, list[Any]]:
     """The TreeEnsembleRegressor attributes of a fitted IsolationForest: every tree, with
     its leaves weighted by their path length."""
-    # scikit-learn gives the trees the full row, in order, unless features were subsampled.
-    subsampled = _resolved_feature_count(estimator) != int(estimator.n_features_in_)
+    # scikit-learn gives the trees the full row, in order, unless each tree drew fewer
+    # features than there are (then a tree's feature i is column estimators_features_[i]).
+    subsampled = len(estimator.estimators_features_[0]) != int(estimator.n_features_in_)
     attrs: dict[str, list[Any]] = {
         key: []
         for key in (

@@ -176,7 +176,8 @@ def use_uvloop() -> bool:
     selector loop. uvloop's costs less per call: three interleaved pairs of 2,000 sequential
     single-row XGBoost calls each, the server's main thread spent 1,065-1,275 us per call
     against 1,295-1,465 us (~13% less; wall time per call 1.59-2.07 vs 1.96-2.24 ms). Returns
-    whether uvloop is in use.
+    whether uvloop is in use. (The router owns its loop and simply runs `uvloop.run`,
+    `services/router/runner.py`; here KServe owns `asyncio.run`, so only a policy reaches it.)
     """
     try:
         import uvloop

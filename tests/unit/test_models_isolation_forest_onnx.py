@@ -1,23 +1,14 @@
-"""The Isolation Forest's single-node ONNX export scores exactly as scikit-learn does, and
-the servers' runtime choice follows what each version records about its export."""
+"""The Isolation Forest's single-node ONNX export scores exactly as scikit-learn does."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models.calibration import QuantileCalibrator
 from models.isolation_forest_onnx import average_path_length, isolation_forest_onnx
-from models.metadata import feature_contract
-from models.registry import LEGACY_ONNX_MAX_ROWS, METADATA_FILE, Registry
-from services.common.config.model import ServingConfig
-from services.common.model_names import ModelName
-from services.serving.runtime import RuntimePolicy
 
 F32 = npt.NDArray[np.float32]
 N_FEATURES = 6
@@ -114,45 +105,3 @@ def test_average_path_length_is_scikit_learns() -> None:
     n = np.array([0, 1, 2, 3, 10, 256, 1024])
     np.testing.assert_allclose(average_path_length(n), _average_path_length(n), atol=1e-12)
     assert list(average_path_length([1, 2])) == [0.0, 1.0]
-
-
-# --------------------------------------------------------------------------- runtime choice
-
-
-def _stage(onnx: dict[str, Any]) -> Any:
-    def stage(folder: Path, version: str) -> None:
-        meta = {
-            "version": version,
-            "created_at": "2026-01-01T00:00:00+00:00",
-            **feature_contract(),
-            "input": {"name": "features", "kind": "rows", "shape": [-1, 22]},
-            "calibration": QuantileCalibrator.fit(np.arange(100.0)).to_dict(),
-            "onnx": onnx,
-        }
-        (folder / METADATA_FILE).write_text(json.dumps(meta))
-        (folder / "model.joblib").write_bytes(b"forest")
-        (folder / "model.onnx").write_bytes(b"onnx")
-
-    return stage
-
-
-@pytest.mark.parametrize(
-    ("recorded", "config", "batches"),
-    [
-        ({"onnx_max_rows": None}, None, {1: "onnx", 8_192: "onnx"}),
-        ({"onnx_max_rows": 64}, None, {64: "onnx", 65: "native"}),
-        ({}, None, {LEGACY_ONNX_MAX_ROWS: "onnx", LEGACY_ONNX_MAX_ROWS + 1: "native"}),
-        ({"onnx_max_rows": None}, 16, {16: "onnx", 17: "native"}),
-    ],
-    ids=["single-node-export", "recorded-limit", "older-version", "configured"],
-)
-def test_auto_runtime_follows_the_versions_record(
-    tmp_path: Path, recorded: dict[str, Any], config: int | None, batches: dict[int, str]
-) -> None:
-    registry = Registry(tmp_path)
-    version = registry.publish(ModelName.ISOLATION_FOREST, _stage(recorded))
-    model = registry.load(ModelName.ISOLATION_FOREST, version)
-    policy = RuntimePolicy.from_config(
-        ServingConfig(runtime="auto", onnx_max_rows=config, gpu="never")
-    )
-    assert {rows: policy.choose(model, rows) for rows in batches} == batches

@@ -7,6 +7,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,14 +20,23 @@ from models.errors import (
     VersionExistsError,
 )
 from models.metadata import feature_contract
-from models.registry import METADATA_FILE, PROMOTED_FILE, TRITON_CONFIG_FILE, Registry
-from services.common.config.model import FeatureFlags, ModelFlag
+from models.registry import (
+    LEGACY_ONNX_MAX_ROWS,
+    METADATA_FILE,
+    PROMOTED_FILE,
+    TRITON_CONFIG_FILE,
+    Registry,
+)
+from services.common.config.model import FeatureFlags, ModelFlag, ServingConfig
 from services.common.model_names import ModelName
+from services.serving.runtime import RuntimePolicy
 
 XGB = ModelName.XGBOOST
 
 
-def _stage(payload: bytes = b"weights", schema: str | None = None) -> Callable[[Path, str], None]:
+def _stage(
+    payload: bytes = b"weights", schema: str | None = None, onnx: dict[str, Any] | None = None
+) -> Callable[[Path, str], None]:
     def stage(folder: Path, version: str) -> None:
         meta: dict[str, object] = {
             "version": version,
@@ -38,6 +48,8 @@ def _stage(payload: bytes = b"weights", schema: str | None = None) -> Callable[[
         }
         if schema is not None:
             meta["feature_schema_hash"] = schema
+        if onnx is not None:
+            meta["onnx"] = onnx
         (folder / METADATA_FILE).write_text(json.dumps(meta))
         (folder / "model.json").write_bytes(payload)
         (folder / "model.onnx").write_bytes(b"onnx")
@@ -123,3 +135,26 @@ def test_model_of_another_feature_schema_is_refused(tmp_path: Path) -> None:
     reg.publish(XGB, _stage(schema="0123456789abcdef"))
     with pytest.raises(IncompatibleModelError, match="retrain"):
         reg.load(XGB)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "config", "batches"),
+    [
+        ({"onnx_max_rows": None}, None, {1: "onnx", 8_192: "onnx"}),
+        ({"onnx_max_rows": 64}, None, {64: "onnx", 65: "native"}),
+        ({}, None, {LEGACY_ONNX_MAX_ROWS: "onnx", LEGACY_ONNX_MAX_ROWS + 1: "native"}),
+        ({"onnx_max_rows": None}, 16, {16: "onnx", 17: "native"}),
+    ],
+    ids=["every-batch", "recorded-limit", "older-version", "configured"],
+)
+def test_auto_runtime_follows_the_versions_record(
+    tmp_path: Path, recorded: dict[str, Any], config: int | None, batches: dict[int, str]
+) -> None:
+    """The servers' `auto` runtime uses ONNX up to the limit the version records for its
+    export; versions that record none keep the old limit; the configuration overrides."""
+    registry = Registry(tmp_path)
+    model = registry.load(XGB, registry.publish(XGB, _stage(onnx=recorded)))
+    policy = RuntimePolicy.from_config(
+        ServingConfig(runtime="auto", onnx_max_rows=config, gpu="never")
+    )
+    assert {rows: policy.choose(model, rows) for rows in batches} == batches
