@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from local_process import free_port  # noqa: E402
 
 from loadtest.procstat import (  # noqa: E402
     descendants,
@@ -84,14 +86,6 @@ TARGETS = {
     "ours_vs_stock": 2.0,
     "paced_p99_ms": 5.0,
 }
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- data and models

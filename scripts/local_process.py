@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,16 +31,46 @@ from typing import ClassVar, Self
 ProgressFn = Callable[[str], None]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free a moment ago.
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Below the kernel's ephemeral range and above Ray's default worker ports (10002-19999).
+LISTEN_PORT_FLOOR = 20000
 
-    The kernel picks it, so parallel test sessions do not collide the way a hard-coded "test
-    port" would; the small race until the server binds it is acceptable for tests.
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel hands out for `bind(0)` and outgoing connections."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that was free a moment ago and that the kernel will not hand out.
+
+    A port the kernel picked (`bind(0)`) comes from its ephemeral range, which every outgoing
+    connection and every other `bind(0)` draws from too: between our check and the server's
+    bind, a process that opens many local connections (Ray starting its actors, a broker
+    client) can take it, and the server then fails to bind (seen in CI with Ray Serve's
+    proxy). So the port is drawn at random below that range, where only an explicit bind
+    lands, and checked free; random rather than sequential so that parallel test sessions
+    do not race for the same one.
     """
+    low, _ = ephemeral_port_range()
+    candidates = list(range(LISTEN_PORT_FLOOR, low))
+    random.SystemRandom().shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    # Nothing free below the range (or the range starts at the floor): the kernel's choice.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
