@@ -30,13 +30,15 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from local_process import free_port  # noqa: E402
 
 from loadtest.bench_output import emit  # noqa: E402
 from loadtest.bench_serving import (  # noqa: E402
     GrpcClient,
     Subprocess,
     feature_rows,
-    free_port,
     inputs_for,
     tile,
 )
