@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.common.decision_summaries import DecisionSummary
+
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
@@ -90,26 +92,25 @@ class DecisionLedger:
     foreign: int = 0
     """Decisions of events this run did not generate (they are reported, not counted)."""
     degraded: int = 0
+    unreadable: int = 0
+    """`scores` messages that did not decode as a decision (counted, reported, not used)."""
     _read_s: list[F64] = field(default_factory=list)
     _to_decided: list[I64] = field(default_factory=list)
     _to_read: list[I64] = field(default_factory=list)
 
-    def add_decisions(self, decisions: Sequence[Mapping[str, Any]], read_ms: int) -> None:
+    def add_decisions(self, decisions: Sequence[DecisionSummary], read_ms: int) -> None:
         """One batch of decoded `scores` records, all read at `read_ms`."""
+        n = len(decisions)
         index = np.fromiter(
-            (event_index(d["event_id"], self.prefix) for d in decisions),
-            dtype=np.int64,
-            count=len(decisions),
+            (event_index(d.event_id, self.prefix) for d in decisions), dtype=np.int64, count=n
         )
-        ts = np.fromiter((d["ts"] for d in decisions), dtype=np.int64, count=len(decisions))
-        decided_at = np.fromiter(
-            (d["decided_at"] for d in decisions), dtype=np.int64, count=len(decisions)
-        )
-        flagged = np.fromiter((bool(d["anomalous"]) for d in decisions), dtype=np.bool_)
+        ts = np.fromiter((d.ts for d in decisions), dtype=np.int64, count=n)
+        decided_at = np.fromiter((d.decided_at for d in decisions), dtype=np.int64, count=n)
+        flagged = np.fromiter((d.anomalous for d in decisions), dtype=np.bool_, count=n)
         ours = index >= 0
-        self.records += len(decisions)
+        self.records += n
         self.foreign += int((~ours).sum())
-        self.degraded += sum(bool(d["degraded"]) for d in decisions)
+        self.degraded += sum(d.degraded for d in decisions)
         self.decided.add(index)
         self.flagged.add(index[flagged])
         self._read_s.append(np.full(int(ours.sum()), read_ms / 1000.0))

@@ -26,8 +26,15 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from pipeline_monitor import TopicTail
 
 from loadtest.e2e_metrics import DecisionLedger, OffsetSample
-from loadtest.procstat import cpu_seconds, machine_busy_seconds, peak_rss_mb
+from loadtest.procstat import (
+    ProcessTree,
+    cpu_seconds,
+    machine_busy_seconds,
+    peak_rss_mb,
+    process_tree,
+)
 from services.common.config import PlatformConfig
+from services.common.decision_summaries import decode_summaries
 from services.common.kafka.clients import make_admin
 
 
@@ -42,17 +49,18 @@ class ScoresReader(TopicTail):
     def _handle(self, msgs: list[Message]) -> None:
         read_ms = round(time.time() * 1000)
         scores_topic = self._topics[0]
-        decisions = []
+        values = []
         labels = []
         for msg in msgs:
-            record = orjson.loads(msg.value() or b"")
             if msg.topic() == scores_topic:
-                decisions.append(record)
+                values.append(msg.value() or b"")
             else:
-                labels.append(record["event_id"])
+                labels.append(orjson.loads(msg.value() or b"")["event_id"])
+        decisions, unreadable = decode_summaries(values)
         with self._lock:
             if decisions:
                 self.ledger.add_decisions(decisions, read_ms)
+            self.ledger.unreadable += len(unreadable)
             if labels:
                 self.ledger.add_labels(labels)
 
@@ -138,14 +146,17 @@ class ProcessUsage:
 class ProcessTable:
     """CPU at the start and end of the window, peak RSS sampled until the end."""
 
-    def __init__(self, pids: Mapping[str, int]) -> None:
+    def __init__(self, pids: Mapping[str, int], memory_interval_s: float = 1.0) -> None:
         self._pids = dict(pids)
-        self._cpu0 = {name: self._cpu(pid) for name, pid in self._pids.items()}
+        self._memory_interval_s = memory_interval_s
+        self._next_memory_sample = 0.0
+        tree = process_tree()
+        self._cpu0 = {name: self._cpu(pid, tree) for name, pid in self._pids.items()}
         self._peak = {name: 0.0 for name in self._pids}
         self.machine0 = machine_busy_seconds()
 
-    def _cpu(self, pid: int) -> float:
-        return cpu_seconds(pid, set(self._pids.values()) - {pid})
+    def _cpu(self, pid: int, tree: ProcessTree) -> float:
+        return cpu_seconds(pid, set(self._pids.values()) - {pid}, tree)
 
     def add(self, name: str, pid: int) -> None:
         """A process that starts inside the window (its CPU counts from zero)."""
@@ -153,18 +164,27 @@ class ProcessTable:
         self._cpu0[name] = 0.0
         self._peak[name] = 0.0
 
-    def sample_memory(self) -> None:
-        """Peak RSS only grows; sampling keeps the value of processes that exit later."""
+    def sample_memory(self, *, force: bool = False) -> None:
+        """Peak RSS only grows (VmHWM is the kernel's high-water mark), so sampling only has
+        to catch child processes before they exit: at most once per `memory_interval_s`
+        however often it is called, and one walk of /proc serves every process (this
+        process shares the cores with what it measures)."""
+        now = time.monotonic()
+        if not force and now < self._next_memory_sample:
+            return
+        self._next_memory_sample = now + self._memory_interval_s
+        tree = process_tree()
         for name, pid in self._pids.items():
             others = set(self._pids.values()) - {pid}
-            self._peak[name] = max(self._peak[name], peak_rss_mb(pid, others))
+            self._peak[name] = max(self._peak[name], peak_rss_mb(pid, others, tree))
 
     def finish(self, exited_cpu: Mapping[str, float]) -> tuple[dict[str, ProcessUsage], float]:
         """Usage per process (`exited_cpu` for those already reaped) and the machine's busy
         CPU seconds over the window."""
-        self.sample_memory()
+        self.sample_memory(force=True)
+        tree = process_tree()
         out = {}
         for name, pid in self._pids.items():
-            end = exited_cpu[name] if name in exited_cpu else self._cpu(pid)
+            end = exited_cpu[name] if name in exited_cpu else self._cpu(pid, tree)
             out[name] = ProcessUsage(round(end - self._cpu0[name], 1), round(self._peak[name], 1))
         return out, machine_busy_seconds() - self.machine0

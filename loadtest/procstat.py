@@ -33,13 +33,27 @@ def process_cpu_seconds(pid: int, gone: float = math.nan) -> float:
     return gone if fields is None else (int(fields[11]) + int(fields[12])) / TICK
 
 
-def descendants(pid: int, exclude: Collection[int] = ()) -> list[int]:
-    """Live descendants of `pid` (a model server may fork workers), without the subtrees of
-    the `exclude`d processes, which are accounted for under their own names."""
-    by_parent: dict[int, list[int]] = {}
+ProcessTree = dict[int, list[int]]
+"""Parent pid -> child pids, from one walk of /proc."""
+
+
+def process_tree() -> ProcessTree:
+    """Who is whose child right now. One walk of /proc reads every process's stat file
+    (~5 ms of CPU for ~70 processes here), so a sampler that looks at several processes
+    walks once per sample and passes the tree on."""
+    by_parent: ProcessTree = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (fields := stat_fields(int(entry.name))) is not None:
             by_parent.setdefault(int(fields[1]), []).append(int(entry.name))
+    return by_parent
+
+
+def descendants(
+    pid: int, exclude: Collection[int] = (), tree: ProcessTree | None = None
+) -> list[int]:
+    """Live descendants of `pid` (a model server may fork workers), without the subtrees of
+    the `exclude`d processes, which are accounted for under their own names."""
+    by_parent = process_tree() if tree is None else tree
     out, todo = [], [pid]
     while todo:
         kids = [k for k in by_parent.get(todo.pop(), []) if k not in exclude]
@@ -48,15 +62,16 @@ def descendants(pid: int, exclude: Collection[int] = ()) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int, exclude: Collection[int] = ()) -> float:
+def cpu_seconds(pid: int, exclude: Collection[int] = (), tree: ProcessTree | None = None) -> float:
     """User + system CPU of a process and its live descendants (all threads)."""
-    return sum(process_cpu_seconds(p, gone=0.0) for p in [pid, *descendants(pid, exclude)])
+    family = [pid, *descendants(pid, exclude, tree)]
+    return sum(process_cpu_seconds(p, gone=0.0) for p in family)
 
 
-def peak_rss_mb(pid: int, exclude: Collection[int] = ()) -> float:
+def peak_rss_mb(pid: int, exclude: Collection[int] = (), tree: ProcessTree | None = None) -> float:
     """Peak resident memory (VmHWM) of a process plus that of its live descendants."""
     total_kb = 0
-    for p in [pid, *descendants(pid, exclude)]:
+    for p in [pid, *descendants(pid, exclude, tree)]:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):

@@ -17,10 +17,11 @@ from typing import Self
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.config import PlatformConfig
+from services.common.decision_summaries import decode_summaries
 from services.common.features.messages import HEADER_DTYPE, HEADER_SIZE
 
 
@@ -85,11 +86,19 @@ class TopicTail:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> Self:
-        """Start consuming from the current end of the topics."""
+        """Start consuming from the current end of the topics: the end offsets are read now,
+        not left to librdkafka's `OFFSET_END` (looked up on the first fetch, later), so a
+        reader that counts events in against decisions out misses none produced after this."""
         assignment = []
         for topic in self._topics:
             meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
-            assignment += [TopicPartition(topic, p, OFFSET_END) for p in meta.partitions]
+            for p in meta.partitions:
+                marks = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=10, cached=False
+                )
+                if marks is None:
+                    raise TimeoutError(f"no end offset for {topic}[{p}] from the broker")
+                assignment.append(TopicPartition(topic, p, marks[1]))
         self._consumer.assign(assignment)
         self._thread.start()
         return self
@@ -201,6 +210,8 @@ class DecisionSnapshot:
     """Event time to decision, over the last interval."""
     alerts_by_type: dict[str, int] = field(default_factory=dict)
     degraded: int = 0
+    unreadable: int = 0
+    """`scores` messages that did not decode as a decision."""
     tpr: float | None = None
     fpr: float | None = None
 
@@ -219,6 +230,7 @@ class DecisionMonitor(TopicTail):
         self._flagged: set[str] = set()
         self._decided = 0
         self._degraded = 0
+        self._unreadable = 0
         self._alerts: dict[str, int] = {}
         self._lat: list[float] = []
         self._all_lat: list[float] = []
@@ -226,20 +238,25 @@ class DecisionMonitor(TopicTail):
 
     def _handle(self, msgs: list[Message]) -> None:
         scores_topic = self._topics[0]
+        values = []
+        labels = []
+        for msg in msgs:
+            if msg.topic() == scores_topic:
+                values.append(msg.value() or b"")
+            else:
+                labels.append(orjson.loads(msg.value() or b"")["event_id"])
+        decisions, unreadable = decode_summaries(values)
         with self._lock:
-            for msg in msgs:
-                value = msg.value() or b""
-                if msg.topic() != scores_topic:
-                    self._labels.add(orjson.loads(value)["event_id"])
-                    continue
-                d = orjson.loads(value)
-                self._decided += 1
-                self._degraded += bool(d["degraded"])
-                self._lat.append(d["decided_at"] - d["ts"])
-                if d["anomalous"]:
-                    self._flagged.add(d["event_id"])
-                if d["alert"]:
-                    kind = d["anomaly_type"] or "unknown"
+            self._labels.update(labels)
+            self._decided += len(decisions)
+            self._unreadable += len(unreadable)
+            for d in decisions:
+                self._degraded += d.degraded
+                self._lat.append(d.decided_at - d.ts)
+                if d.anomalous:
+                    self._flagged.add(d.event_id)
+                if d.alert:
+                    kind = d.anomaly_type or "unknown"
                     self._alerts[kind] = self._alerts.get(kind, 0) + 1
 
     def snapshot(self) -> DecisionSnapshot:
@@ -255,6 +272,7 @@ class DecisionMonitor(TopicTail):
                 decisions=decided,
                 alerts_by_type=dict(self._alerts),
                 degraded=self._degraded,
+                unreadable=self._unreadable,
             )
         self._all_lat.extend(lat)
         last_t, last_n = self._last
@@ -283,7 +301,9 @@ def format_decisions(s: DecisionSnapshot) -> str:
         else "TPR - FPR -"
     )
     alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts_by_type.items())) or "none"
+    unreadable = f" | UNREADABLE decisions {s.unreadable:,}" if s.unreadable else ""
     return (
         f"           decisions {s.decisions:>10,} ({s.decisions_per_s:>8,.0f}/s) "
         f"| event->decision {latency} | {rates} | degraded {s.degraded:,} | alerts: {alerts}"
+        f"{unreadable}"
     )

@@ -15,9 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+import msgspec
 import numpy as np
+import orjson
 import pytest
 
 from loadtest import bench_e2e
@@ -35,9 +36,10 @@ from loadtest.e2e_metrics import (
     sustained,
 )
 from loadtest.e2e_probes import ProcessTable
-from loadtest.procstat import cpu_seconds
+from loadtest.procstat import cpu_seconds, descendants, process_tree
 from services.common.anomaly_types import AnomalyType
 from services.common.config import PlatformConfig
+from services.common.decision_summaries import DecisionSummary, decode_summaries
 from services.router.alerts.alert import Alert
 from services.router.alerts.pagerduty_receiver import ReceiverState
 from services.router.alerts.sinks.pagerduty import dedup_key_for, resolve_event, trigger_event
@@ -50,11 +52,16 @@ def eid(i: int) -> str:
     return f"g42-{START}-{i}"
 
 
-def decision(i: int, *, anomalous: bool = False, delay_ms: int = 100) -> dict[str, Any]:
-    """A `scores` record as the router writes it (the fields the benchmark reads)."""
+def decision(i: int, *, anomalous: bool = False, delay_ms: int = 100) -> DecisionSummary:
+    """A `scores` message as the router writes it, decoded as the benchmark's reader does."""
     ts = START + i
-    return {"event_id": eid(i), "entity_id": f"acct-{i % 7}", "ts": ts,
-            "decided_at": ts + delay_ms, "anomalous": anomalous, "degraded": i == 3}  # fmt: skip
+    record = {"event_id": eid(i), "entity_id": f"acct-{i % 7}", "ts": ts,
+              "decided_at": ts + delay_ms, "anomalous": anomalous, "alert": anomalous,
+              "score": 0.5, "anomaly_type": None, "degraded": i == 3,
+              "model_scores": {"xgboost": 0.5}, "explanation": "..."}  # fmt: skip
+    (summary,), unreadable = decode_summaries([orjson.dumps(record)])
+    assert unreadable == []
+    return summary
 
 
 def test_event_index_reads_the_generator_ids_and_refuses_others() -> None:
@@ -72,7 +79,7 @@ def test_lost_duplicates_and_detection_count_distinct_events() -> None:
     first = [decision(i, anomalous=i in (1, 4)) for i in range(10) if i != 7]
     ledger.add_decisions(first, read_ms=START + 400)
     replay = [decision(2), decision(5)]
-    replay.append({**decision(0), "event_id": "g9-1-0"})
+    replay.append(msgspec.structs.replace(decision(0), event_id="g9-1-0"))
     ledger.add_decisions(replay, read_ms=START + 900)
     ledger.add_labels([eid(1), eid(2), eid(7)])
 
@@ -175,6 +182,11 @@ def test_cpu_of_a_process_leaves_out_children_counted_under_their_own_name() -> 
         # so it can widen the difference but never hide the child's share.
         without_child = cpu_seconds(me, exclude={child.pid})
         assert cpu_seconds(me) - without_child >= 0.45
+        # One walk of /proc serves several processes: the same answers from a shared tree.
+        tree = process_tree()
+        assert child.pid in descendants(me, tree=tree)
+        assert child.pid not in descendants(me, exclude={child.pid}, tree=tree)
+        assert cpu_seconds(me, tree=tree) - cpu_seconds(me, {child.pid}, tree) >= 0.45
         table = ProcessTable({"me": me, "child": child.pid})
         usage, busy = table.finish({})
         assert usage["child"].cpu_s < 0.2  # counted from the table's start, not from boot
