@@ -20,10 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Self
 
-import orjson
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
-from pipeline_monitor import TopicTail
+from pipeline_monitor import TopicTail, decisions_and_labels
 
 from loadtest.e2e_metrics import DecisionLedger, OffsetSample
 from loadtest.procstat import (
@@ -34,7 +33,6 @@ from loadtest.procstat import (
     process_tree,
 )
 from services.common.config import PlatformConfig
-from services.common.decision_summaries import decode_summaries
 from services.common.kafka.clients import make_admin
 
 
@@ -48,15 +46,7 @@ class ScoresReader(TopicTail):
 
     def _handle(self, msgs: list[Message]) -> None:
         read_ms = round(time.time() * 1000)
-        scores_topic = self._topics[0]
-        values = []
-        labels = []
-        for msg in msgs:
-            if msg.topic() == scores_topic:
-                values.append(msg.value() or b"")
-            else:
-                labels.append(orjson.loads(msg.value() or b"")["event_id"])
-        decisions, unreadable = decode_summaries(values)
+        decisions, labels, unreadable = decisions_and_labels(msgs, self._topics[0])
         with self._lock:
             if decisions:
                 self.ledger.add_decisions(decisions, read_ms)

@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.config import PlatformConfig
-from services.common.decision_summaries import decode_summaries
+from services.common.decision_summaries import DecisionSummary, decode_summaries
 from services.common.features.messages import HEADER_DTYPE, HEADER_SIZE
 
 
@@ -118,6 +118,22 @@ class TopicTail:
 
     def _handle(self, msgs: list[Message]) -> None:
         raise NotImplementedError
+
+
+def decisions_and_labels(
+    msgs: list[Message], scores_topic: str
+) -> tuple[list[DecisionSummary], list[str], list[str]]:
+    """A batch read from `scores` and `events.labels`: the decisions' summaries, the event ids
+    labelled as injected anomalies, and why each undecodable decision was not used."""
+    values = []
+    labels = []
+    for msg in msgs:
+        if msg.topic() == scores_topic:
+            values.append(msg.value() or b"")
+        else:
+            labels.append(orjson.loads(msg.value() or b"")["event_id"])
+    decisions, unreadable = decode_summaries(values)
+    return decisions, labels, unreadable
 
 
 class PipelineMonitor(TopicTail):
@@ -237,15 +253,7 @@ class DecisionMonitor(TopicTail):
         self._last = (time.monotonic(), 0)
 
     def _handle(self, msgs: list[Message]) -> None:
-        scores_topic = self._topics[0]
-        values = []
-        labels = []
-        for msg in msgs:
-            if msg.topic() == scores_topic:
-                values.append(msg.value() or b"")
-            else:
-                labels.append(orjson.loads(msg.value() or b"")["event_id"])
-        decisions, unreadable = decode_summaries(values)
+        decisions, labels, unreadable = decisions_and_labels(msgs, self._topics[0])
         with self._lock:
             self._labels.update(labels)
             self._decided += len(decisions)
