@@ -268,7 +268,7 @@ def build_report(raw: dict[str, Any], args: argparse.Namespace, load_before: tup
             "duplicates": ledger.records - ledger.foreign - det.decided,
             "foreign": ledger.foreign,
             "degraded": ledger.degraded,
-            "unreadable_decisions": ledger.unreadable,
+            "unreadable_messages": ledger.unreadable,
             "lost": lost,
         },
         "throughput": {

@@ -93,7 +93,8 @@ class DecisionLedger:
     """Decisions of events this run did not generate (they are reported, not counted)."""
     degraded: int = 0
     unreadable: int = 0
-    """`scores` messages that did not decode as a decision (counted, reported, not used)."""
+    """`scores` and `events.labels` messages that did not decode (counted, reported, not
+    used)."""
     _read_s: list[F64] = field(default_factory=list)
     _to_decided: list[I64] = field(default_factory=list)
     _to_read: list[I64] = field(default_factory=list)

@@ -36,7 +36,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"| feature vectors / dead letters | {ev['features']:,} / {ev['dead_letters']:,} |",
         f"| decisions out (distinct event ids) / records | {ev['decided_distinct']:,} / "
         f"{ev['decision_records']:,} (duplicates {ev['duplicates']:,}, degraded "
-        f"{ev['degraded']:,}, unreadable {ev.get('unreadable_decisions', 0):,}) |",
+        f"{ev['degraded']:,}, unreadable {ev.get('unreadable_messages', 0):,}) |",
         f"| **lost** (events in - distinct decided) | **{ev['lost']:,}**"
         + ("" if tp["drain_complete"] else " (the drain stopped first: not decided in time)")
         + " |",

@@ -57,9 +57,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     do not race for the same one.
     """
     low, _ = ephemeral_port_range()
-    candidates = list(range(LISTEN_PORT_FLOOR, low))
-    random.SystemRandom().shuffle(candidates)
-    for port in candidates[:200]:
+    draw = random.SystemRandom().randrange
+    for _ in range(200 if low > LISTEN_PORT_FLOOR else 0):
+        port = draw(LISTEN_PORT_FLOOR, low)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))

@@ -8,6 +8,7 @@ feature vectors, how long after their event time, and how many were dead-lettere
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import urllib.request
@@ -23,6 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.config import PlatformConfig
 from services.common.decision_summaries import DecisionSummary, decode_summaries
 from services.common.features.messages import HEADER_DTYPE, HEADER_SIZE
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,15 +127,27 @@ def decisions_and_labels(
     msgs: list[Message], scores_topic: str
 ) -> tuple[list[DecisionSummary], list[str], list[str]]:
     """A batch read from `scores` and `events.labels`: the decisions' summaries, the event ids
-    labelled as injected anomalies, and why each undecodable decision was not used."""
+    labelled as injected anomalies, and why each message of either topic that does not
+    decode was left out (a reader counts and shows them; it must not die on one)."""
     values = []
     labels = []
+    unreadable = []
     for msg in msgs:
+        value = msg.value() or b""
         if msg.topic() == scores_topic:
-            values.append(msg.value() or b"")
-        else:
-            labels.append(orjson.loads(msg.value() or b"")["event_id"])
-    decisions, unreadable = decode_summaries(values)
+            values.append(value)
+            continue
+        try:
+            labels.append(str(orjson.loads(value)["event_id"]))
+        except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+            unreadable.append(f"{msg.topic()}: not a label ({exc!r})")
+    decisions, bad_decisions = decode_summaries(values)
+    unreadable += [f"{scores_topic}: {reason}" for reason in bad_decisions]
+    if unreadable:
+        log.warning(
+            "messages left out by a pipeline reader",
+            extra={"count": len(unreadable), "first": unreadable[0]},
+        )
     return decisions, labels, unreadable
 
 
@@ -227,7 +242,7 @@ class DecisionSnapshot:
     alerts_by_type: dict[str, int] = field(default_factory=dict)
     degraded: int = 0
     unreadable: int = 0
-    """`scores` messages that did not decode as a decision."""
+    """`scores` and `events.labels` messages that did not decode (left out, counted)."""
     tpr: float | None = None
     fpr: float | None = None
 
@@ -309,7 +324,7 @@ def format_decisions(s: DecisionSnapshot) -> str:
         else "TPR - FPR -"
     )
     alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts_by_type.items())) or "none"
-    unreadable = f" | UNREADABLE decisions {s.unreadable:,}" if s.unreadable else ""
+    unreadable = f" | UNREADABLE messages {s.unreadable:,}" if s.unreadable else ""
     return (
         f"           decisions {s.decisions:>10,} ({s.decisions_per_s:>8,.0f}/s) "
         f"| event->decision {latency} | {rates} | degraded {s.degraded:,} | alerts: {alerts}"

@@ -47,7 +47,8 @@ def test_decision_monitor_counts_what_the_router_wrote(
         labelled = [r["event_id"] for r in records[::5]]
         produce(cfg, topics.labels.name,
                 [(e.encode(), orjson.dumps({"event_id": e})) for e in labelled])  # fmt: skip
-        snap = _wait_for(monitor, decided=len(messages), unreadable=1)
+        produce(cfg, topics.labels.name, [(b"k", b"[]")])  # valid JSON, not a label
+        snap = _wait_for(monitor, decided=len(messages), unreadable=2)
         time.sleep(0.5)  # labels come from another topic: let them arrive too
         snap = monitor.snapshot()
     finally:
@@ -65,4 +66,4 @@ def test_decision_monitor_counts_what_the_router_wrote(
     assert snap.tpr == pytest.approx(len(flagged & positives) / len(positives))
     negatives = len(records) - len(positives)
     assert snap.fpr == pytest.approx(len(flagged - positives) / negatives)
-    assert "UNREADABLE decisions 1" in format_decisions(snap)
+    assert "UNREADABLE messages 2" in format_decisions(snap)
