@@ -32,16 +32,20 @@ _TYPE_JSON: Final = ("null", *(encode_basestring(t.value) for t in TYPES))
 """JSON of an anomaly-type code + 1 (code -1 = unknown = null)."""
 
 
+_NOT_FINITE: Final = frozenset(("nan", "inf", "-inf"))
+"""`%.Nf` texts of the values JSON cannot hold."""
+
+
 def _rounded(values: npt.NDArray[np.float64], digits: int) -> list[str]:
-    """JSON numbers of `round(x, digits)` (NaN -> null), a whole column in one format call.
+    """JSON numbers of `round(x, digits)` (NaN, +-inf -> null), a whole column in one format.
 
     `'%.{digits}f' % x` and `round(x, digits)` both round the exact binary value correctly
     to that many decimals, so the text parses to exactly `round(x, digits)` (written with
     trailing zeros)."""
     n = values.size
     text = (f"%.{digits}f\n" * n % tuple(values.tolist())).split("\n")[:n]
-    if np.isnan(values).any():
-        return ["null" if t == "nan" else t for t in text]
+    if not np.isfinite(values).all():  # JSON has no NaN or infinity: null, as orjson writes
+        return ["null" if t in _NOT_FINITE else t for t in text]
     return text
 
 
@@ -82,9 +86,10 @@ def _render(columns: list[Column], n: int) -> list[str]:
 
 
 def _number(values: npt.NDArray[np.float64], digits: int) -> Column:
-    """A JSON number column: formatted inside the message's own `%` when it has no NaN (no
-    list of texts to build and split), as pre-made texts with `null` when it has."""
-    if np.isnan(values).any():
+    """A JSON number column: formatted inside the message's own `%` when every value is
+    finite (no list of texts to build and split), as pre-made texts with `null` otherwise (a
+    V2 server that answers infinity must not make the message invalid JSON)."""
+    if not np.isfinite(values).all():
         return "%s", _rounded(values, digits)
     return f"%.{digits}f", values.tolist()
 

@@ -30,9 +30,10 @@ STRATEGIES = ["weighted", "k_of_n", "any", "all", "cascade"]
 AWKWARD_IDS = ["plain", 'quo"te', "back\\slash", "new\nline", "ünïcødé-€", "per%cent %s", "\u2028"]
 
 
-GAPS = ["some-missing", "complete", "none-for-some"]
+GAPS = ["some-missing", "complete", "none-for-some", "not-finite"]
 """Which scores are NaN: some models' for some events (the general texts); none (every
-number formatted by the template itself); every model's for some events (no score at all)."""
+number formatted by the template itself); every model's for some events (no score at all);
+or none, but a misbehaving server answered +-infinity for some (JSON: null)."""
 
 
 def batch(
@@ -41,7 +42,10 @@ def batch(
     rng = np.random.default_rng(seed)
     n = 400
     scores: dict[ModelName, Any] = {m: rng.random(n) for m in ModelName}
-    if gaps != "complete":
+    if gaps == "not-finite":
+        scores[ModelName.XGBOOST][:5] = np.inf
+        scores[ModelName.TRANSFORMER][5:9] = -np.inf
+    elif gaps != "complete":
         scores[ModelName.XGBOOST][rng.random(n) < 0.1] = np.nan  # failed for some events
         scores[ModelName.TRANSFORMER][rng.random(n) < 0.5] = np.nan  # cascade: not asked
     if gaps == "none-for-some":
