@@ -303,9 +303,13 @@ class ScoringCore:
         if self._baseline is None or not which.any():
             return []
         mean, std = self._baseline
-        z = (matrix - mean) / np.maximum(std, 1e-6)
+        rows = np.flatnonzero(which)
+        # In float64, so that an extreme float32 input over a tiny spread stays finite (every
+        # door and the `scores` topic then carry the same number); a missing value is no reason.
+        z = (matrix[rows].astype(np.float64) - mean) / np.maximum(std, 1e-6)
+        z = np.nan_to_num(z, nan=0.0)
+        top = np.argsort(-np.abs(z), axis=1)[:, :3]
         out: list[list[tuple[str, float]]] = [[] for _ in range(len(matrix))]
-        for i in np.flatnonzero(which).tolist():
-            top = np.argsort(-np.abs(z[i]))[:3]
-            out[i] = [(FEATURE_NAMES[j], float(z[i, j])) for j in top.tolist()]
+        for k, i in enumerate(rows.tolist()):
+            out[i] = [(FEATURE_NAMES[j], float(z[k, j])) for j in top[k].tolist()]
         return out

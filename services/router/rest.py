@@ -181,8 +181,11 @@ def _v1(scorer: RequestScorer, keys: ApiKeys) -> APIRouter:
     )
     async def score(
         request: Annotated[ScoreRequest, Body(openapi_examples=_SCORE_EXAMPLES)],
-    ) -> ScoreResponse:
-        return ScoreResponse(decisions=await scorer.score(items_of(request)))
+    ) -> Response:
+        # Already JSON (`ScoredRows.json`): a Response skips FastAPI's validation and
+        # serialisation of the return value; `response_model` still documents it.
+        rows = await scorer.score_rows(items_of(request))
+        return Response(rows.json(), media_type="application/json")
 
     @v1.get(
         "/entities/{entity_id}/features",
