@@ -28,6 +28,7 @@ from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
 from services.router.alerts import Alert, severity_for
 from services.router.decision_json import explanations
+from services.router.feature_baseline import FeatureBaseline
 from services.router.metrics import RouterMetrics
 from services.router.model_clients import ModelCallError, ModelClient, ModelOutput
 
@@ -165,14 +166,14 @@ class ScoringCore:
         clients: Mapping[ModelName, ModelClient],
         *,
         metrics: RouterMetrics,
-        feature_baseline: tuple[F32, F32] | None = None,
+        feature_baseline: FeatureBaseline | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.live = live
         self.clients = clients
         self.metrics = metrics
         self.sequences = EntitySequences()
-        self._baseline = feature_baseline
+        self.baseline = feature_baseline or FeatureBaseline(len(FEATURE_NAMES))
         self._clock_ms = clock_ms
 
     async def _call(
@@ -276,7 +277,7 @@ class ScoringCore:
         self.metrics.decisions.inc(n)
         self.metrics.anomalies.inc(int(decision.anomalous.sum()))
         self.metrics.degraded.inc(int(decision.degraded.sum()))
-        return ScoredBatch(
+        scored = ScoredBatch(
             event_ids=list(event_ids),
             entity_ids=list(entity_ids),
             ts=ts if ts is not None else np.full(n, self._clock_ms(), dtype=np.int64),
@@ -287,6 +288,8 @@ class ScoringCore:
             decided_at_ms=self._clock_ms(),
             top_features=self._top_features(matrix, alert | decision.anomalous),
         )
+        self.baseline.observe(matrix)  # after: an event is not compared with itself
+        return scored
 
     def _peek_sequences(self, entity_ids: Sequence[str], matrix: F32) -> F32:
         """Sequences as if the rows were appended, without changing the stored history."""
@@ -298,16 +301,12 @@ class ScoringCore:
     def _top_features(
         self, matrix: F32, which: npt.NDArray[np.bool_]
     ) -> list[list[tuple[str, float]]]:
-        """Cheap explanation for flagged events: the features furthest from normal (z-score
-        against the training baseline stored with the model, when the router has one)."""
-        if self._baseline is None or not which.any():
-            return []
-        mean, std = self._baseline
+        """Cheap explanation for flagged events: their three features furthest from the
+        traffic's normal (`feature_baseline`); none while the baseline is still empty."""
         rows = np.flatnonzero(which)
-        # In float64, so that an extreme float32 input over a tiny spread stays finite (every
-        # door and the `scores` topic then carry the same number); a missing value is no reason.
-        z = (matrix[rows].astype(np.float64) - mean) / np.maximum(std, 1e-6)
-        z = np.nan_to_num(z, nan=0.0)
+        z = self.baseline.z(matrix[rows]) if rows.size else None
+        if z is None:
+            return []
         top = np.argsort(-np.abs(z), axis=1)[:, :3]
         out: list[list[tuple[str, float]]] = [[] for _ in range(len(matrix))]
         for k, i in enumerate(rows.tolist()):

@@ -179,10 +179,13 @@ def items_of(request: ScoreItem | ScoreBatch) -> list[ScoreItem]:
 
 
 class TopFeature(BaseModel):
-    """A feature far from the entity's normal, as a reason for the decision."""
+    """A feature far from normal, as a reason for the decision."""
 
     feature: str
-    z: float = Field(description="z-score against the training baseline.")
+    z: float = Field(
+        description="z-score on an asinh scale against the traffic the router has scored "
+        "(services/router/feature_baseline.py)."
+    )
 
     @field_validator("z")
     @classmethod
