@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT / "model_store",
         help="registry to serve (trained there first if it is empty)",
     )
-    parser.add_argument("--train-events", type=int, default=300_000)
+    parser.add_argument("--train-events", type=int, default=1_000_000)
     parser.add_argument(
         "--warmup-s", type=float, default=5.0, help="seconds left out of the sustained rates"
     )

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops-port", type=int, default=9100, help="ingest health/metrics port")
     parser.add_argument("--receiver-port", type=int, default=8300, help="PagerDuty receiver port")
     parser.add_argument(
-        "--train-events", type=int, default=300_000,
+        "--train-events", type=int, default=1_000_000,
         help="events to train on when no model is registered (at the run's --rate)",
     )  # fmt: skip
     parser.add_argument(
