@@ -173,7 +173,9 @@ class ScoringCore:
         self.clients = clients
         self.metrics = metrics
         self.sequences = EntitySequences()
-        self.baseline = feature_baseline or FeatureBaseline(len(FEATURE_NAMES))
+        self.baseline = (
+            FeatureBaseline(len(FEATURE_NAMES)) if feature_baseline is None else feature_baseline
+        )
         self._clock_ms = clock_ms
 
     async def _call(

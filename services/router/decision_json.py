@@ -37,16 +37,15 @@ _NOT_FINITE: Final = frozenset(("nan", "inf", "-inf"))
 
 
 def _rounded(values: npt.NDArray[np.float64], digits: int) -> list[str]:
-    """JSON numbers of `round(x, digits)` (NaN, +-inf -> null), a whole column in one format.
+    """JSON numbers of `round(x, digits)` (NaN, +-inf -> null), a whole column in one format;
+    for a column with a non-finite value (the others go inside the message's own `%`).
 
     `'%.{digits}f' % x` and `round(x, digits)` both round the exact binary value correctly
     to that many decimals, so the text parses to exactly `round(x, digits)` (written with
     trailing zeros)."""
     n = values.size
     text = (f"%.{digits}f\n" * n % tuple(values.tolist())).split("\n")[:n]
-    if not np.isfinite(values).all():  # JSON has no NaN or infinity: null, as orjson writes
-        return ["null" if t in _NOT_FINITE else t for t in text]
-    return text
+    return ["null" if t in _NOT_FINITE else t for t in text]  # null, as orjson writes
 
 
 _KIND_TEXT: Final = (

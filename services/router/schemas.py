@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import numpy as np
@@ -187,15 +187,6 @@ class TopFeature(BaseModel):
         "(services/router/feature_baseline.py)."
     )
 
-    @field_validator("z")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        # An extreme float32 input over a tiny baseline spread overflows to infinity, which
-        # JSON cannot carry; the largest finite value says the same thing.
-        if math.isnan(v):
-            return 0.0
-        return v if math.isfinite(v) else math.copysign(sys.float_info.max, v)
-
 
 class Decision(BaseModel):
     """One decision; the same fields as the gRPC answer and the `scores` topic."""
@@ -311,16 +302,12 @@ class _SharedBatch:
     """One core call's decisions, shared by the requests it coalesced; its JSON is made once,
     for all of them, on the first request that asks."""
 
-    __slots__ = ("_messages", "batch")
-
     def __init__(self, batch: ScoredBatch) -> None:
         self.batch = batch
-        self._messages: list[bytes] | None = None
 
+    @cached_property
     def messages(self) -> list[bytes]:
-        if self._messages is None:
-            self._messages = encode_decisions(self.batch)
-        return self._messages
+        return encode_decisions(self.batch)
 
 
 class ScoredRows:
@@ -328,19 +315,16 @@ class ScoredRows:
 
     The REST door answers with `json()`: the `scores` topic's encoder (`decision_json`), one
     `%` format for the whole coalesced batch, so both carry the same text for a decision.
-    Measured in-process against a `Decision` validated and serialised per row: 4.1 vs 29.6 ms
-    for a 1,000-item batch, 100 vs 444 us for 16, 43 vs 65 us for 2; a lone single-event
-    request pays ~10 us more (42 vs 31 us: the template is built per call). The gRPC door
-    builds its messages from `decisions()`.
+    Against a `Decision` validated and serialised per row (`loadtest/bench_decision_json.py`):
+    3.4 vs 28.8 ms for a 1,000-item batch, 90 vs 466 us for 16; a lone single-event request
+    pays ~10 us more (41 vs 30 us: the template is built per call). The gRPC door builds its
+    messages from `decisions()`.
     """
 
     __slots__ = ("_shared", "_start", "_stop")
 
     def __init__(self, shared: _SharedBatch, start: int, stop: int) -> None:
         self._shared, self._start, self._stop = shared, start, stop
-
-    def __len__(self) -> int:
-        return self._stop - self._start
 
     def decisions(self) -> list[Decision]:
         """Validated decisions, in request order."""
@@ -350,7 +334,7 @@ class ScoredRows:
     def json(self) -> bytes:
         """`ScoreResponse` as JSON: the same fields and values as `decisions()` would give
         (numbers written with their rounding's trailing zeros; non-finite ones null)."""
-        rows = self._shared.messages()[self._start : self._stop]
+        rows = self._shared.messages[self._start : self._stop]
         return b'{"decisions":[' + b",".join(rows) + b"]}"
 
 

@@ -185,4 +185,4 @@ def test_rest_answer_of_each_coalesced_request_is_its_decisions(gaps: str) -> No
         answer = ScoreResponse.model_validate_json(rows.json())
         assert answer.decisions == rows.decisions()
         assert [d.event_id for d in answer.decisions] == scored.event_ids[start:stop]
-    assert shared.messages() is shared.messages()  # encoded once for every request
+    assert shared.messages is shared.messages  # encoded once for every request
