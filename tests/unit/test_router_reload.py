@@ -97,6 +97,28 @@ def test_invalid_change_is_rejected_and_the_last_good_config_stays(
     assert live.get().flags.alerts_enabled is False
 
 
+@pytest.mark.parametrize(
+    "ensemble",
+    [{"weights": {"xgboost": float("nan")}}, {"weights": {"xgboost": float("inf")}},
+     {"default_threshold": float("nan")}, {"thresholds": {"price_spike": float("nan")}}],
+    ids=["nan-weight", "inf-weight", "nan-default-threshold", "nan-type-threshold"],
+)  # fmt: skip
+def test_a_non_finite_number_is_rejected(
+    tmp_path: Path, metrics: RouterMetrics, ensemble: dict[str, Any]
+) -> None:
+    """YAML's `.nan` passed `weight >= 0`-style checks (NaN compares false), and a NaN weight
+    makes every weighted score NaN: nothing would ever be flagged, silently."""
+    path = tmp_path / "platform.yaml"
+    write(path, BASE)
+    live = LiveConfig(load_config(path))
+    before = live.get()
+    reloader = ConfigReloader(path, live, metrics)
+    write(path, with_changes(ensemble={"strategy": "weighted", **ensemble}))
+    assert ".nan" in path.read_text() or ".inf" in path.read_text()
+    assert reloader.check() == "rejected"
+    assert live.get() is before
+
+
 def configmap_dir(root: Path, version: str, data: dict[str, Any]) -> None:
     """Kubernetes' atomic writer: files in a timestamped folder, `..data` links to it, and the
     visible file links through `..data`; an update swaps `..data` with one rename."""

@@ -18,9 +18,12 @@ from services.common.model_names import ModelName
 
 
 class Section(BaseModel):
-    """Base of every configuration section: unknown keys are errors, values are immutable."""
+    """Base of every configuration section: unknown keys are errors, values are immutable, and
+    numbers finite (a NaN weight would silently make every weighted score NaN)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 # --------------------------------------------------------------------------- Kafka
@@ -594,6 +597,7 @@ class PlatformConfig(BaseSettings):
         extra="forbid",
         frozen=True,
         use_attribute_docstrings=True,
+        allow_inf_nan=False,
     )
 
     kafka: KafkaConfig = KafkaConfig()
