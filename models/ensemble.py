@@ -12,7 +12,8 @@ explanation but never change a decision). A model without a configured weight co
 weight 1.
 
 Threshold: `thresholds[type]` for the predicted type, `default_threshold` when the type is
-unknown (XGBoost missing) or has no threshold. Every strategy reduces the scores to one
+unknown (XGBoost missing, disabled or in shadow mode: a shadow's type would change the
+threshold, hence the decision) or has no threshold. Every strategy reduces the scores to one
 ensemble score and flags the event when that score is >= the threshold:
 
 * `weighted`: weighted mean of the present models' evidence, taken on the log of their
@@ -27,10 +28,12 @@ ensemble score and flags the event when that score is >= the threshold:
 * `k_of_n`: the k-th highest present score, i.e. "at least k models are above the
   threshold"; with fewer than k models present, k drops to the number present;
 * `any`: the highest present score; `all`: the lowest present score;
-* `cascade`: the weighted mean of the cheap models (all but the Transformer); below
-  `cascade.uncertain_low` the event is normal and at or above `cascade.uncertain_high`
-  anomalous without the Transformer; in between, the weighted mean of all present models
-  decides. `needs_transformer` tells the router which events to send to the Transformer.
+* `cascade`: the weighted mean of the cheap models (all but the Transformer) where it is
+  below `cascade.uncertain_low` or at or above `cascade.uncertain_high` (the cheap models
+  are sure: no Transformer call); in between, the weighted mean of all present models.
+  Either is held to the type's threshold like every other strategy's score (with the
+  thresholds inside the band, as shipped, below it is normal and above it anomalous).
+  `needs_transformer` tells the router which events to send to the Transformer.
 
 Idle voters (`idle_voters`): under `weighted` and `cascade`, a voter with weight 0 adds
 nothing to the mean, so the router does not call it (evaluation gave the shipped Isolation
@@ -262,7 +265,7 @@ def decide_batch(
     cols = {m: _column(scores.get(m), n) for m in ModelName}
     types = (
         np.full(n, UNKNOWN_TYPE, dtype=np.int64)
-        if anomaly_type is None
+        if anomaly_type is None or ModelName.XGBOOST not in voters
         else np.asarray(anomaly_type, dtype=np.int64).reshape(-1)
     )
     weights = {m: float(config.weights.get(m, 1.0)) for m in ModelName}
@@ -285,7 +288,7 @@ def decide_batch(
         band = (cheap >= config.cascade.uncertain_low) & (cheap < config.cascade.uncertain_high)
         band |= np.isnan(cheap)
         score = np.where(band, full, cheap)
-        anomalous = np.where(band, full >= threshold, cheap >= config.cascade.uncertain_high)
+        anomalous = score >= threshold
         if ModelName.TRANSFORMER in needed and ModelName.TRANSFORMER not in idle:
             needed[ModelName.TRANSFORMER] = band
     anomalous &= ~np.isnan(score)

@@ -101,6 +101,19 @@ def test_cascade_decides_outside_the_band_without_the_transformer() -> None:
     assert band_missing.anomalous  # falls back to the cheap models: 0.9138 >= 0.9
 
 
+def test_cascade_holds_the_cheap_score_to_the_type_threshold_outside_the_band() -> None:
+    """Outside the band the cheap score is the score, judged like any other against the
+    type's threshold: a decision must never read "score 0.985 >= threshold 0.995"."""
+    band = CascadeConfig(uncertain_low=0.5, uncertain_high=0.98)
+    strict = config("cascade", cascade=band, thresholds={AnomalyType.PRICE_SPIKE: 0.995})
+    above = decide({IF: 0.97, XGB: 0.99, TF: None}, AnomalyType.PRICE_SPIKE, strict)
+    assert above.score == pytest.approx(1 - (0.03 * 0.01**2) ** (1 / 3))  # 0.9856: above band
+    assert not above.anomalous and not above.degraded
+    lenient = config("cascade", cascade=band, thresholds={AnomalyType.PRICE_SPIKE: 0.3})
+    below = decide({IF: 0.45, XGB: 0.45, TF: None}, AnomalyType.PRICE_SPIKE, lenient)
+    assert below.score == pytest.approx(0.45) and below.anomalous and not below.degraded
+
+
 def test_needs_transformer_selects_the_uncertain_band() -> None:
     cfg = config("cascade")
     cheap = {IF: np.array([0.1, 0.7, 0.99, np.nan]), XGB: np.array([0.1, 0.8, 0.995, np.nan])}
@@ -116,6 +129,17 @@ def test_shadow_and_disabled_models_do_not_vote() -> None:
     assert d.anomalous and d.score == pytest.approx(0.95) and not d.degraded
     assert "transformer=0.0000 shadow" in d.explanation
     assert "isolation_forest" not in d.explanation
+
+
+def test_a_shadow_xgboost_does_not_choose_the_threshold() -> None:
+    """Its predicted type would pick `thresholds[type]`, changing decisions it must not."""
+    cfg = config(thresholds={AnomalyType.PRICE_SPIKE: 0.5}, default_threshold=0.9)
+    scores = {IF: 0.6, XGB: 0.6, TF: 0.6}
+    voting = decide(scores, AnomalyType.PRICE_SPIKE, cfg)
+    assert voting.anomalous and voting.threshold == 0.5
+    for flag in (ModelFlag(shadow=True), ModelFlag(enabled=False)):
+        d = decide(scores, AnomalyType.PRICE_SPIKE, cfg, FeatureFlags(models={XGB: flag}))
+        assert not d.anomalous and d.threshold == 0.9 and d.anomaly_type is None
 
 
 def test_weight_zero_voters_are_idle_under_the_means_only() -> None:
