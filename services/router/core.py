@@ -104,7 +104,7 @@ class ScoredBatch:
         out = []
         for j, i in enumerate(rows.tolist()):
             code = codes[j]
-            kind = TYPES[code] if code >= 0 else AnomalyType.PRICE_SPIKE
+            kind = TYPES[code] if code >= 0 else None
             score = scores[j]
             out.append(
                 Alert(

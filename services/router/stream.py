@@ -213,7 +213,7 @@ class StreamScorer:
         if alerts and self.delivery is not None:
             self.delivery.enqueue(alerts)  # durable before this batch can be committed
             for alert in alerts:
-                self.metrics.alerts.labels(anomaly_type=alert.anomaly_type.value).inc()
+                self.metrics.alerts.labels(anomaly_type=alert.type_name).inc()
         inflight.emitted = True
         lag_s = time.time() - item.features.ts.astype(np.float64) / 1000.0
         observe_many(self.metrics.event_to_decision_seconds, lag_s)

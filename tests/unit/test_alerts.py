@@ -183,6 +183,35 @@ def test_dedup_key_is_per_entity_and_type_and_fits() -> None:
     assert long_key == dedup_key_for(make_alert(entity="e" * 400))
 
 
+def test_an_alert_of_unknown_type_is_filed_as_unknown_not_under_a_guessed_type(
+    tmp_path: Path,
+) -> None:
+    """With XGBoost down, disabled or in shadow no type is known. Such alerts used to be
+    labelled price_spike: they joined the entity's real price_spike incident and took its
+    severity floor. Now they are their own kind, kept and paged like any other."""
+    unknown = make_alert(1, anomaly_type=None, score=0.95)
+    assert Alert.from_json(unknown.to_json()) == unknown
+    assert b'"anomaly_type":null' in unknown.to_json()
+    assert dedup_key_for(unknown) == "anomaly:acct-1:unknown"
+    assert dedup_key_for(unknown) != dedup_key_for(make_alert(1))
+    cfg = AlertsConfig(severity_floor={AnomalyType.PRICE_SPIKE: "critical"})
+    assert severity_for(0.95, None, cfg) == "error"  # by score alone: no type, no floor
+    assert severity_for(0.95, AnomalyType.PRICE_SPIKE, cfg) == "critical"
+    event = trigger_event(KEY, dedup_key_for(unknown), [unknown], total_count=1)
+    assert validate_event(event) == []
+    assert event["payload"]["summary"].startswith("anomaly of unknown type on acct-1: ")
+    assert event["payload"]["class"] == "unknown"
+    with Outbox(tmp_path / "o.db", ["a"]) as outbox:
+        # The same event alerting with its type known later (a replay once XGBoost is back)
+        # is another alert, as two types of one event are.
+        assert outbox.enqueue([unknown, make_alert(1)]) == 2
+        assert outbox.enqueue([unknown]) == 0
+        assert [e.alert.anomaly_type for e in outbox.due("a", limit=10)] == [
+            None,
+            AnomalyType.PRICE_SPIKE,
+        ]
+
+
 def test_webhook_body_is_an_object_with_the_alerts() -> None:
     import orjson
 

@@ -16,7 +16,6 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from models.ensemble import decide_batch
-from services.common.anomaly_types import AnomalyType
 from services.common.config import PlatformConfig
 from services.common.config.model import EnsembleConfig, FeatureFlags, ModelFlag
 from services.common.features.definition import FEATURE_NAMES
@@ -164,7 +163,7 @@ def test_alerts_carry_the_decisions_of_their_events(strategy: str) -> None:
         assert alert.explanation["summary"] == one.explanation
         assert alert.threshold == one.threshold
         assert alert.score == min(max(np.nan_to_num(one.score, nan=0.0), 0.0), 1.0)
-        assert alert.anomaly_type == (one.anomaly_type or AnomalyType.PRICE_SPIKE)
+        assert alert.anomaly_type == one.anomaly_type  # None (unknown) stays unknown
         assert alert.explanation["type_known"] is (one.anomaly_type is not None)
         assert alert.degraded is one.degraded
         assert alert.event_ts == int(scored.ts[i])

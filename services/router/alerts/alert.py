@@ -17,6 +17,8 @@ from services.common.config.model import AlertsConfig, AlertSeverity
 
 SEVERITY_ORDER: tuple[AlertSeverity, ...] = ("info", "warning", "error", "critical")
 """Severities from least to most severe."""
+UNKNOWN_TYPE_NAME = "unknown"
+"""`Alert.type_name` of an alert whose type no voting model predicted."""
 
 
 class Alert(BaseModel):
@@ -28,8 +30,10 @@ class Alert(BaseModel):
     """Id of the scored event; with `anomaly_type` it identifies the alert (replays dedupe)."""
     entity_id: str = Field(min_length=1)
     """Account or instrument the event belongs to; the Kafka key and PagerDuty source."""
-    anomaly_type: AnomalyType
-    """Kind of anomaly the ensemble decided on."""
+    anomaly_type: AnomalyType | None
+    """Kind of anomaly the ensemble decided on; None (JSON null) when no voting model said
+    (XGBoost down, disabled or in shadow mode): such alerts are neither filed under a type
+    they may not be (that type's incident, its severity floor) nor dropped."""
     score: float = Field(ge=0.0, le=1.0)
     """Ensemble score, calibrated to [0, 1]."""
     threshold: float = Field(ge=0.0, le=1.0)
@@ -47,6 +51,11 @@ class Alert(BaseModel):
     degraded: bool = False
     """True when a model did not answer in time and the vote went on without it."""
 
+    @property
+    def type_name(self) -> str:
+        """The type's name, `unknown` for none: part of PagerDuty dedup keys and outbox keys."""
+        return self.anomaly_type.value if self.anomaly_type is not None else UNKNOWN_TYPE_NAME
+
     def to_json(self) -> bytes:
         """Compact UTF-8 JSON, the form stored in the outbox and sent to sinks."""
         return self.model_dump_json().encode()
@@ -57,8 +66,11 @@ class Alert(BaseModel):
         return cls.model_validate_json(data)
 
 
-def severity_for(score: float, anomaly_type: AnomalyType, cfg: AlertsConfig) -> AlertSeverity:
-    """The highest severity whose minimum score `score` reaches, raised to the type's floor.
+def severity_for(
+    score: float, anomaly_type: AnomalyType | None, cfg: AlertsConfig
+) -> AlertSeverity:
+    """The highest severity whose minimum score `score` reaches, raised to the type's floor
+    (an unknown type has none).
 
     Scores below every minimum are `info` (forced entities alert on normal decisions too).
     """
@@ -67,7 +79,7 @@ def severity_for(score: float, anomaly_type: AnomalyType, cfg: AlertsConfig) -> 
         minimum = cfg.severity_min_score.get(severity)
         if minimum is not None and score >= minimum:
             by_score = severity
-    floor = cfg.severity_floor.get(anomaly_type, "info")
+    floor = cfg.severity_floor.get(anomaly_type, "info") if anomaly_type is not None else "info"
     return max(by_score, floor, key=SEVERITY_ORDER.index)
 
 

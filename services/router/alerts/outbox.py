@@ -224,7 +224,7 @@ class Outbox:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO alerts (event_id, anomaly_type, body, enqueued_at)"
                     " VALUES (?, ?, ?, ?)",
-                    (alert.event_id, alert.anomaly_type.value, alert.to_json(), now),
+                    (alert.event_id, alert.type_name, alert.to_json(), now),
                 )
                 if cur.rowcount != 1:
                     continue

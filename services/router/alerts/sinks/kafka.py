@@ -104,7 +104,7 @@ class KafkaAlertWriter(AlertSink):
                 value=alert.to_json(),
                 headers=[
                     ("event-id", alert.event_id.encode()),
-                    ("anomaly-type", alert.anomaly_type.value.encode()),
+                    ("anomaly-type", alert.type_name.encode()),
                 ],
                 on_delivery=on_delivery,
             )

@@ -3,7 +3,8 @@
 What is sent, exactly:
 
 * `dedup_key = anomaly:<entity_id>:<anomaly_type>` (entity ids too long for PagerDuty's 255
-  characters are replaced by a hash), so all alerts of one entity and type share an incident.
+  characters are replaced by a hash), so all alerts of one entity and type share an incident;
+  alerts of no known type (XGBoost down, disabled or in shadow) share `...:unknown`.
 * The dispatcher hands this sink the due alerts of one dedup_key at a time (`batch_key`).
   If the key has no open incident, or its last accepted trigger is older than
   `group_window_s`, one `trigger` is sent for the whole batch. Otherwise the batch is held
@@ -54,11 +55,11 @@ RESOLVES_PER_TICK = 100
 
 def dedup_key_for(alert: Alert) -> str:
     """`anomaly:<entity>:<type>`; a hash stands in for entity ids that would not fit."""
-    key = f"anomaly:{alert.entity_id}:{alert.anomaly_type.value}"
+    key = f"anomaly:{alert.entity_id}:{alert.type_name}"
     if len(key) <= DEDUP_KEY_MAX:
         return key
     digest = hashlib.sha256(alert.entity_id.encode()).hexdigest()
-    return f"anomaly:sha256-{digest}:{alert.anomaly_type.value}"
+    return f"anomaly:sha256-{digest}:{alert.type_name}"
 
 
 def _iso(ms: int) -> str:
@@ -74,7 +75,8 @@ def trigger_event(
     first_ts = min(a.event_ts for a in batch)
     last_ts = max(a.event_ts for a in batch)
     summary = (
-        f"{lead.anomaly_type.value} on {lead.entity_id}: "
+        f"{lead.type_name if lead.anomaly_type is not None else 'anomaly of unknown type'} on "
+        f"{lead.entity_id}: "
         f"score {lead.score:.3f} >= threshold {lead.threshold:.3f}"
         + (f" ({count} alerts)" if count > 1 else "")
     )
@@ -88,7 +90,7 @@ def trigger_event(
             "source": lead.entity_id,
             "severity": most_severe([a.severity for a in batch]),
             "timestamp": _iso(last_ts),
-            "class": lead.anomaly_type.value,
+            "class": lead.type_name,
             "component": "anomaly-router",
             "custom_details": {
                 "count": count,
@@ -103,7 +105,7 @@ def trigger_event(
                 "first_event_ts": _iso(first_ts),
                 "last_event_ts": _iso(last_ts),
                 "entity_id": lead.entity_id,
-                "anomaly_type": lead.anomaly_type.value,
+                "anomaly_type": lead.type_name,
             },
         },
     }
