@@ -32,9 +32,11 @@ from services.common.config.model import (
     PagerDutySink,
     WebhookSink,
 )
-from services.router.alerts import Alert, AlertDelivery, AlertMetrics
+from services.router.alerts import Alert, AlertDelivery, AlertMetrics, Dispatcher
 from services.router.alerts.clock import Clock, ManualClock, system_clock
-from services.router.alerts.pagerduty_receiver import ReceiverServer
+from services.router.alerts.outbox import Outbox
+from services.router.alerts.pagerduty_receiver import Fault, ReceiverServer
+from services.router.alerts.sinks.pagerduty import PagerDutyAlertSink
 from tests.integration.kafka_io import create_topics, read_all
 
 pytestmark = pytest.mark.integration
@@ -247,6 +249,41 @@ def test_grouping_and_resolve_survive_a_restart(
     second.dispatch_once()
     [incident] = received(receiver, "/v2/incidents")
     assert (incident["trigger_count"], incident["status"]) == (2, "resolved")
+
+
+def test_an_incident_whose_new_alert_was_given_up_still_resolves(
+    tmp_path: Path, receiver: ReceiverServer
+) -> None:
+    """A new alert of an open incident meets a PagerDuty outage longer than
+    `give_up_after_s` and is marked dead; once PagerDuty is back the incident must still be
+    resolved. It used to stay open for good: the sink still believed an alert was waiting."""
+    clock = ManualClock()
+    cfg = AlertsConfig(sinks=[], retry_initial_s=1, retry_max_s=4, give_up_after_s=30)
+    pd = pagerduty(receiver, group_window_s=60, resolve_after_s=120)
+    metrics = AlertMetrics(CollectorRegistry())
+    with Outbox(tmp_path / "o.db", ["pagerduty"], clock=clock) as outbox:
+        sink = PagerDutyAlertSink(
+            "pagerduty", pd, KEY, state=outbox.state_for("pagerduty"), clock=clock,
+            metrics=metrics,
+        )  # fmt: skip
+        dispatcher = Dispatcher(outbox, [sink], cfg, metrics=metrics, clock=clock)
+        outbox.enqueue([make_alert(1)])
+        assert dispatcher.dispatch_once().delivered == 1
+        [incident] = receiver.state.incidents.values()
+        clock.advance(70)  # past the grouping window: the next alert is sent at once
+        receiver.state.faults.append(Fault(status=503, remaining=1_000, retry_after=None))
+        outbox.enqueue([make_alert(2)])
+        for _ in range(20):
+            dispatcher.dispatch_once()
+            clock.advance(4)
+        assert outbox.stats()["pagerduty"].dead == 1
+        receiver.state.faults.clear()
+        for _ in range(5):
+            clock.advance(60)
+            dispatcher.dispatch_once()
+        assert incident.status == "resolved" and incident.resolve_count == 1
+        assert sink.open_keys == 0
+        sink.close()
 
 
 def test_receiver_refuses_invalid_events_with_errors(receiver: ReceiverServer) -> None:

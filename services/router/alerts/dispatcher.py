@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.common.config.model import AlertsConfig
+from services.router.alerts.alert import Alert
 from services.router.alerts.backoff import Backoff
 from services.router.alerts.clock import Clock, system_clock
 from services.router.alerts.errors import DeliveryError, HeldForGrouping
@@ -71,6 +72,8 @@ class Dispatcher:
         self._clock = clock
         self._backoff = backoff or Backoff.from_config(cfg)
         self._paused_until: dict[str, float] = {}
+        self._tick_failures: dict[str, int] = {}
+        """Timed-work failures in a row per sink, so their pauses grow like deliveries'."""
         self._last_prune = float("-inf")
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -168,6 +171,8 @@ class Dispatcher:
             return True
         expired_ids = {e.alert_id for e in expired}
         retry = [e for e in group if e.alert_id not in expired_ids]
+        if not retry:  # nothing of this batch key waits any more
+            self._given_up(sink, [e.alert for e in dead])
         attempts = max((e.attempts for e in group), default=0) + 1
         resume_at = now + self._backoff.delay(attempts, exc.retry_after_s)
         self._paused_until[sink.name] = resume_at
@@ -191,6 +196,12 @@ class Dispatcher:
         )
         return False
 
+    def _given_up(self, sink: AlertSink, alerts: list[Alert]) -> None:
+        try:
+            sink.given_up(alerts)
+        except Exception:
+            log.exception("alert sink %s failed to let go of given-up alerts", sink.name)
+
     def _tick(self, sink: AlertSink) -> None:
         try:
             sink.tick()
@@ -198,11 +209,15 @@ class Dispatcher:
             if not exc.retryable:  # sinks handle their own refusals; this is a bug
                 log.error("alert sink %s: timed work refused: %s", sink.name, exc)
                 return
-            delay = self._backoff.delay(1, exc.retry_after_s)
+            failures = self._tick_failures.get(sink.name, 0) + 1
+            self._tick_failures[sink.name] = failures
+            delay = self._backoff.delay(failures, exc.retry_after_s)
             self._paused_until[sink.name] = self._clock() + delay
             log.warning(
                 "alert sink %s: timed work failed, pausing %.2f s: %s", sink.name, delay, exc
             )
+        else:
+            self._tick_failures.pop(sink.name, None)
 
     def _update_gauges(self) -> None:
         stats = self._outbox.stats(delivered=False)

@@ -59,6 +59,10 @@ class AlertSink(ABC):
         """Alerts with equal keys are written together; by default one batch for all."""
         return ""
 
+    def given_up(self, batch: Sequence[Alert]) -> None:  # noqa: B027 (optional hook)
+        """The dispatcher stopped retrying `batch` (all of one batch key): they are dead in
+        the outbox. A sink that keeps state about waiting alerts lets go of it here."""
+
     def tick(self) -> None:  # noqa: B027 (optional hook: most sinks have no timed work)
         """Time-driven work between batches; may raise a retryable DeliveryError to pause."""
 

@@ -205,6 +205,16 @@ class PagerDutyAlertSink(AlertSink):
         incident.unsent = False
         self._book.save(key, incident)
 
+    def given_up(self, batch: Sequence[Alert]) -> None:
+        """Nothing of the key waits any more: its incident may resolve (or be forgotten)
+        again. Without this, an alert that timed out left `unsent` set for good, and the
+        incident stayed open in PagerDuty until that entity and type alerted again."""
+        for key in {dedup_key_for(a) for a in batch}:
+            incident = self._book.get(key)
+            if incident.unsent:
+                incident.unsent = False
+                self._book.save(key, incident)
+
     def tick(self) -> None:
         """Resolve quiet incidents; forget keys that need no more memory."""
         now = self._clock()
