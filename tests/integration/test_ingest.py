@@ -18,7 +18,7 @@ from services.common.features.columns import columns_from_events
 from services.common.features.definition import FEATURE_NAMES
 from services.common.features.engine import FeatureEngine
 from services.common.features.messages import decode_feature_messages
-from services.common.kafka.dead_letters import HEADER_PREFIX
+from services.common.kafka.dead_letters import HEADER_PREFIX, MAX_VALUE_BYTES
 from services.ingest.metrics import IngestMetrics
 from services.ingest.service import DeliveryError, IngestService
 from tests.integration.kafka_io import (
@@ -155,6 +155,28 @@ def test_every_event_gets_features_bad_ones_go_to_dlq_offsets_committed(
         assert r.headers[HEADER_PREFIX + "source.topic"].decode() == topics.events.name
         assert int(r.headers[HEADER_PREFIX + "source.offset"]) >= 0
 
+    assert committed_offsets(config, config.ingest.group_id, topics.events.name) == end_offsets(
+        config, topics.events.name
+    )
+
+
+def test_a_record_too_large_for_a_dead_letter_is_cut_and_the_service_goes_on(
+    config: PlatformConfig, running: Callable[[PlatformConfig], Running]
+) -> None:
+    """~1 MB of junk: accepted by the broker, but with the dead-letter headers over the
+    producer's 1,000,000-byte limit. It used to stop the service before its commit, so the
+    service met it again on every restart."""
+    topics = config.kafka.topics
+    good = make_events(50)
+    junk = b"x" * 999_800
+    produce(config, topics.events.name, [(b"acct-1", junk), *encoded(good)])
+    with running(config) as service:
+        read_all(config, topics.features.name, expected=len(good))
+        [dead] = read_all(config, topics.dlq.name, expected=1)
+    assert service.metrics.events._value.get() == len(good)
+    assert dead.value == junk[:MAX_VALUE_BYTES]
+    assert dead.headers[HEADER_PREFIX + "value.truncated.from"] == b"999800"
+    assert "exceeds the 4096-byte limit" in dead.headers[HEADER_PREFIX + "reason"].decode()
     assert committed_offsets(config, config.ingest.group_id, topics.events.name) == end_offsets(
         config, topics.events.name
     )
