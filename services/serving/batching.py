@@ -30,6 +30,7 @@ call whose size has been seen before; a size never seen goes to the thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 Rows = npt.NDArray[np.float32]
@@ -174,7 +177,17 @@ class DynamicBatcher(Generic[R]):
                     break
                 batch.append(item)
                 rows += len(item.rows)
-            await self._execute(batch, rows)
+            try:
+                await self._execute(batch, rows)
+            except asyncio.CancelledError:
+                _fail(batch, BatcherClosed("the model's batcher was stopped"))
+                raise
+            except Exception as exc:
+                # A bug outside the model call (splitting, metrics, concatenation) would
+                # otherwise end this task: this batch and every later request of the
+                # version would wait forever while the model still reports ready.
+                log.exception("batch of %d requests failed outside the model call", len(batch))
+                _fail(batch, exc)
 
     def _timed(self, x: Rows) -> tuple[R, float, float]:
         """The result, the call's wall time and its CPU time on the calling thread.
@@ -199,9 +212,7 @@ class DynamicBatcher(Generic[R]):
                     self._executor, self._timed, x
                 )
         except Exception as exc:  # every waiting caller gets the error
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
+            _fail(batch, exc)
             return
         self.call_times.observe(rows, cpu_seconds)
         if self._on_batch is not None:
@@ -214,7 +225,23 @@ class DynamicBatcher(Generic[R]):
             start = stop
 
     async def close(self) -> None:
-        """Stop the batching task and the worker thread."""
+        """Stop the batching task and the worker thread; requests still queued get
+        `BatcherClosed` (the batch being scored gets it from the cancelled task)."""
         if self._worker is not None:
             self._worker.cancel()
+        if self._queue is not None:
+            queued = []
+            while not self._queue.empty():
+                queued.append(self._queue.get_nowait())
+            _fail(queued, BatcherClosed("the model's batcher was stopped"))
         self._executor.shutdown(wait=False)
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher stopped before this request was scored."""
+
+
+def _fail(batch: list[_Pending], exc: BaseException) -> None:
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(exc)

@@ -197,6 +197,52 @@ def test_an_error_reaches_every_caller_of_the_batch() -> None:
     assert [str(r) for r in results] == ["model failed on 2 rows"] * 2
 
 
+def test_a_failure_outside_the_model_call_fails_its_batch_and_the_next_one_is_served() -> None:
+    """A metrics observer (or split) that raises used to end the batching task: the batch's
+    callers and every later request of the version waited forever."""
+    observed: list[int] = []
+
+    def observer(requests: int, n_rows: int, seconds: float) -> None:
+        observed.append(requests)
+        if len(observed) == 1:
+            raise ValueError("observer bug")
+
+    async def scenario() -> tuple[BaseException | Rows, Rows]:
+        b: DynamicBatcher[Rows] = DynamicBatcher(
+            Model().run, split, max_rows=64, max_delay_s=0.0, on_batch=observer
+        )
+        [first] = await asyncio.wait_for(
+            asyncio.gather(b.submit(rows(1)), return_exceptions=True), 5
+        )
+        second = await asyncio.wait_for(b.submit(rows(2, first=3.0)), 5)
+        await b.close()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(first, ValueError) and str(first) == "observer bug"
+    assert second.tolist() == [6.0, 8.0]
+
+
+def test_closing_fails_the_requests_still_waiting() -> None:
+    model = Model()
+    model.gate.clear()
+
+    async def scenario() -> list[BaseException | Rows]:
+        b = batcher(model, inline_max_s=0.0)  # the call goes to the worker thread
+        running = asyncio.ensure_future(b.submit(rows(1)))
+        await wait_entered(model)
+        queued = asyncio.ensure_future(b.submit(rows(1)))
+        await asyncio.sleep(0.01)
+        await b.close()
+        model.gate.set()
+        return list(
+            await asyncio.wait_for(asyncio.gather(running, queued, return_exceptions=True), 5)
+        )
+
+    results = asyncio.run(scenario())
+    assert [type(r).__name__ for r in results] == ["BatcherClosed", "BatcherClosed"]
+
+
 def test_call_times_are_kept_per_size_class() -> None:
     times = CallTimes()
     assert times.estimate(1) is None
