@@ -172,9 +172,24 @@ class VersionedModel(Model):  # type: ignore[misc]
         finite = np.isfinite(x)
         if model.input_kind is InputKind.SEQUENCES:
             # A young entity's sequence is padded at the front with all-NaN rows (see
-            # models.sequences); only those may hold NaN, and nothing may be infinite.
-            padding = np.isnan(x).all(axis=-1, keepdims=True)
-            finite |= padding
+            # models.sequences); only those may hold NaN, and nothing may be infinite. The
+            # last row is the event being scored: a sequence without it (all padding) would
+            # be scored as the most anomalous there is.
+            padding = np.asarray(np.isnan(x).all(axis=-1))
+            after_event = np.maximum.accumulate(~padding, axis=-1) & padding
+            if after_event.any():
+                seq, pos = np.argwhere(after_event)[0].tolist()
+                raise InvalidInput(
+                    f"input {INPUT_NAME!r} sequence {seq} has an all-NaN row at {pos} after an "
+                    "event: padding goes only before the first event"
+                )
+            if padding[:, -1].any():
+                seq = int(np.flatnonzero(padding[:, -1])[0])
+                raise InvalidInput(
+                    f"input {INPUT_NAME!r} sequence {seq} ends with padding: its last row must "
+                    "be the event being scored"
+                )
+            finite |= padding[..., None]
         if not finite.all():
             bad = np.argwhere(~finite)[0].tolist()
             raise InvalidInput(f"input {INPUT_NAME!r} holds NaN or infinity (first at {bad})")

@@ -89,6 +89,32 @@ def test_transformer_takes_sequences(server: ModelServer, model_store: Path) -> 
     np.testing.assert_allclose(got["score"], model.score(x, runtime="onnx"), atol=1e-5)
 
 
+def test_transformer_sequences_take_padding_only_before_the_event(
+    server: ModelServer, model_store: Path
+) -> None:
+    """A young entity's sequence starts with all-NaN rows; one without the event being
+    scored (all padding, or padding after it) was scored as the most anomalous there is."""
+    import grpc
+
+    length = Registry(model_store).load(ModelName.TRANSFORMER).sequence_length
+    assert length is not None
+    young = rows(3 * length, seed=5).reshape(3, length, WIDTH)
+    young[:, : length - 2] = np.nan
+    [answer] = grpc_infer(server, "transformer", young).outputs[:1]
+    assert list(answer.shape) == [3]
+    for row, message in (
+        (slice(None), "sequence 1 ends with padding"),
+        (length - 1, "sequence 1 has an all-NaN row"),
+        (3, "sequence 1 has an all-NaN row at 3"),
+    ):
+        x = rows(3 * length, seed=6).reshape(3, length, WIDTH)
+        x[1, row] = np.nan
+        with pytest.raises(grpc.RpcError) as info:
+            grpc_infer(server, "transformer", x)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in str(info.value.details())
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
