@@ -110,13 +110,16 @@ class StateChangelog:
     # ------------------------------------------------------------------ restoring
 
     def restore(
-        self, engine: FeatureEngine, committed: dict[int, int]
+        self, engine: FeatureEngine, committed: dict[int, int], touched: set[int] | None = None
     ) -> dict[int, tuple[int, int]]:
         """Restore the state of newly assigned partitions and replay each up to its commit.
 
         `committed` maps partition -> committed `events` offset. All partitions are read
         with one consumer in one pass (an assignment of 32 partitions must not cost 32 round
-        trips). Returns partition -> (entities restored, events replayed).
+        trips). Returns partition -> (entities restored, events replayed). The engine slots
+        the replay changed are added to `touched`: their state is newer than the changelog's,
+        so the next checkpoint must write them before it moves the marker past the replay
+        (else the events replayed are lost from their state at the following restore).
         """
         started = time.monotonic()
         records, markers = self._read_changelog(sorted(committed))
@@ -128,7 +131,7 @@ class StateChangelog:
                 0,
             )
         starts = {p: markers.get(p, 0) for p in committed}
-        replayed = self._replay(engine, {p: (starts[p], c) for p, c in committed.items()})
+        replayed = self._replay(engine, {p: (starts[p], c) for p, c in committed.items()}, touched)
         for partition, count in replayed.items():
             out[partition] = (out[partition][0], count)
         log.info(
@@ -189,7 +192,12 @@ class StateChangelog:
         finally:
             consumer.close()
 
-    def _replay(self, engine: FeatureEngine, ranges: dict[int, tuple[int, int]]) -> dict[int, int]:
+    def _replay(
+        self,
+        engine: FeatureEngine,
+        ranges: dict[int, tuple[int, int]],
+        touched: set[int] | None = None,
+    ) -> dict[int, int]:
         """Re-apply events [start, end) of each partition; outputs are not produced again."""
         replayed = dict.fromkeys(ranges, 0)
         consumer = self._consumer_factory()
@@ -231,7 +239,9 @@ class StateChangelog:
                 # The same parser as the live path, so a replay rebuilds exactly its state.
                 parsed = parse_columns(values)
                 part_arr = np.asarray(parts, dtype=np.int32)
-                engine.process(columns_from_parsed(parsed, part_arr, np.asarray(offsets)))
+                result = engine.process(columns_from_parsed(parsed, part_arr, np.asarray(offsets)))
+                if touched is not None:
+                    touched.update(result.touched_slots.tolist())
                 for partition, count in zip(
                     *np.unique(part_arr[parsed.positions], return_counts=True), strict=True
                 ):

@@ -396,7 +396,7 @@ class IngestService:
             tp.partition: (tp.offset if tp.offset >= 0 else 0)
             for tp in consumer.committed(partitions, timeout=30.0)
         }
-        restored = self.changelog.restore(self.engine, committed)
+        restored = self.changelog.restore(self.engine, committed, touched=self._dirty)
         self.metrics.restore_seconds.observe(time.perf_counter() - started)
         self.metrics.replayed_events.inc(sum(r for _, r in restored.values()))
         self._assigned.update(committed)

@@ -27,6 +27,7 @@ from tests.integration.kafka_io import (
     end_offsets,
     produce,
     read_all,
+    read_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -211,6 +212,43 @@ def test_restarted_service_restores_window_state_from_the_changelog(
             np.testing.assert_allclose(row[PER_EVENT], reference[eid][PER_EVENT], rtol=1e-6)
             checked += 1
     assert checked == len(second)
+
+
+def test_state_rebuilt_by_a_replay_is_written_to_the_changelog(
+    config: PlatformConfig, running: Callable[[PlatformConfig], Running]
+) -> None:
+    """An owner that died after committing but before checkpointing leaves the next one a
+    replay (changelog marker < committed offset). The entities the replay rebuilt must reach
+    the next checkpoint: it used to move the marker past the replay without their state, so
+    a later restore lost those events for good. A changelog topic that is still empty (as
+    if no checkpoint ever ran) makes the second run replay everything committed."""
+    topics = config.kafka.topics
+    events = make_events(500)
+    produce(config, topics.events.name, encoded(events))
+    with running(config) as service:
+        read_all(config, topics.features.name, expected=len(events))
+        assert len(service.engine) == 12
+    fresh = topics.model_copy(
+        update={
+            "changelog": topics.changelog.model_copy(update={"name": f"{topics.changelog.name}.b"})
+        }
+    )
+    replaying = config.model_copy(
+        update={"kafka": config.kafka.model_copy(update={"topics": fresh})}
+    )
+    create_topics(replaying)
+    with running(replaying) as second:
+        deadline = time.monotonic() + 30
+        while not second.metrics.replayed_events._value.get():
+            assert time.monotonic() < deadline, "no replay"
+            time.sleep(0.05)
+    assert second.metrics.replayed_events._value.get() == len(events)
+    assert second.metrics.events._value.get() == 0  # nothing new: only the replay
+    wanted = {f"acct-{i}".encode() for i in range(12)}
+    records = read_until(
+        replaying, fresh.changelog.name, lambda rs: {r.key for r in rs} >= wanted, 20.0
+    )
+    assert {r.key for r in records} >= wanted
 
 
 def test_outputs_the_broker_refuses_stop_the_service_before_any_commit(
