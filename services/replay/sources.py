@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,24 @@ class Reject:
             "field": self.field,
             "raw": self.raw,
         }
+
+
+_UNDECODABLE: Final = re.compile("[\udc80-\udcff]")
+"""What `errors="surrogateescape"` makes of bytes that are not UTF-8."""
+
+
+def _csv_rows(reader: Any) -> Iterator[tuple[int, list[str] | Reject]]:
+    """(line, cells) per CSV row after the header; a row the csv module cannot split (a
+    field over its size limit, a NUL byte) is a Reject of its own, and the file goes on."""
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, Reject(0, f"not a CSV row: {exc}", None, "")
+            continue
+        yield reader.line_num, cells
 
 
 @dataclass(slots=True)
@@ -139,8 +158,11 @@ class EventSource:
             )
 
     def _open_csv(self) -> None:
-        with self.path.open(newline="", encoding="utf-8-sig") as fh:
-            header = next(csv.reader(fh), None)
+        with self.path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+            try:
+                header = next(csv.reader(fh), None)
+            except csv.Error as exc:
+                raise ReplayError(f"{self.path}: cannot read the CSV header: {exc}") from None
         if not header:
             raise ReplayError(f"{self.path}: empty CSV file (expected a header row)")
         names = [h.strip() for h in header]
@@ -214,12 +236,11 @@ class EventSource:
             yield batch
 
     def _csv_events(self) -> Iterator[SourceBatch]:
-        with self.path.open(newline="", encoding="utf-8-sig") as fh:
+        with self.path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
             reader = csv.reader(fh)
             next(reader)  # the header, checked when the file was opened
             batch = self._new_batch()
-            for cells in reader:
-                line_no = reader.line_num
+            for line_no, cells in _csv_rows(reader):
                 row = self._cells(cells)
                 if isinstance(row, Reject):
                     batch.rows += 1
@@ -236,18 +257,18 @@ class EventSource:
         samples: list[tuple[Event, str]] = []
         rejects: list[Reject] = []
         rows = 0
-        with self.path.open(newline="", encoding="utf-8-sig") as fh:
+        with self.path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
             reader = csv.reader(fh)
             next(reader)
-            for cells in reader:
+            for line_no, cells in _csv_rows(reader):
                 rows += 1
                 row = self._cells(cells)
                 if isinstance(row, Reject):
-                    rejects.append(Reject(reader.line_num, row.reason, row.field, row.raw))
+                    rejects.append(Reject(line_no, row.reason, row.field, row.raw))
                     continue
                 sample = self._sample(row)
                 if isinstance(sample, Reject):
-                    rejects.append(Reject(reader.line_num, sample.reason, sample.field, sample.raw))
+                    rejects.append(Reject(line_no, sample.reason, sample.field, sample.raw))
                 else:
                     samples.append(sample)
         samples.sort(key=lambda s: int(s[0]["ts"]))  # stable: as models.metric_series merges
@@ -266,8 +287,13 @@ class EventSource:
 
     # ------------------------------------------------------------------ rows
 
-    def _cells(self, cells: list[str]) -> dict[str, str] | Reject:
+    def _cells(self, cells: list[str] | Reject) -> dict[str, str] | Reject:
+        if isinstance(cells, Reject):
+            return cells
         raw = ",".join(cells)
+        if _UNDECODABLE.search(raw):  # bytes that were not UTF-8 (read with surrogateescape)
+            shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            return Reject(0, "row is not valid UTF-8", None, shown)
         if len(cells) != len(self._columns):
             return Reject(
                 0,

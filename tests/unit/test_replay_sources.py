@@ -122,6 +122,32 @@ def test_csv_events_table_parses_numbers_and_rejects_bad_cells(tmp_path: Path) -
     assert "was it sent in seconds" in got.rejects[2].reason
 
 
+@pytest.mark.parametrize("shape", ["events", "metric series"])
+def test_csv_rows_that_are_not_utf8_or_too_long_are_rejects_and_the_file_goes_on(
+    tmp_path: Path, shape: str
+) -> None:
+    """One bad byte or a 140,000-character field used to end the replay with a traceback
+    (UnicodeDecodeError, csv.Error) instead of a reject."""
+    path = tmp_path / "s.csv"
+    if shape == "events":
+        head, good = b"event_id,entity_id,ts,kind,amount\n", f"a,acct-1,{TS},payment,1\n"
+        bad_byte = f"b,acct-\xff,{TS + 1},payment,1\n".encode("latin-1")
+        long = f"c,acct-1,{TS + 2},payment,{'9' * 140_000}\n".encode()
+        after = f"d,acct-1,{TS + 3},payment,2\n"
+    else:
+        head, good = b"timestamp,value\n", f"{TS},1\n"
+        bad_byte = f"{TS + 1},\xff\n".encode("latin-1")
+        long = f"{TS + 2},{'9' * 140_000}\n".encode()
+        after = f"{TS + 3},2\n"
+    path.write_bytes(head + good.encode() + bad_byte + long + after.encode())
+    got = _read(EventSource(path))
+    assert len(got.events) == 2
+    assert [r.line for r in got.rejects] == [3, 4]
+    assert got.rejects[0].reason == "row is not valid UTF-8" and "\ufffd" in got.rejects[0].raw
+    assert "field larger than field limit" in got.rejects[1].reason
+    json.dumps([r.record(path) for r in got.rejects])  # the rejects file can hold them
+
+
 def test_csv_metric_series_named_after_the_file_and_merged_in_time_order(tmp_path: Path) -> None:
     path = tmp_path / "disk_io.csv"
     path.write_text(
