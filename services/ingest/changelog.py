@@ -110,7 +110,7 @@ class StateChangelog:
     # ------------------------------------------------------------------ restoring
 
     def restore(
-        self, engine: FeatureEngine, committed: dict[int, int], touched: set[int] | None = None
+        self, engine: FeatureEngine, committed: dict[int, int], touched: set[int]
     ) -> dict[int, tuple[int, int]]:
         """Restore the state of newly assigned partitions and replay each up to its commit.
 
@@ -196,7 +196,7 @@ class StateChangelog:
         self,
         engine: FeatureEngine,
         ranges: dict[int, tuple[int, int]],
-        touched: set[int] | None = None,
+        touched: set[int],
     ) -> dict[int, int]:
         """Re-apply events [start, end) of each partition; outputs are not produced again."""
         replayed = dict.fromkeys(ranges, 0)
@@ -240,8 +240,7 @@ class StateChangelog:
                 parsed = parse_columns(values)
                 part_arr = np.asarray(parts, dtype=np.int32)
                 result = engine.process(columns_from_parsed(parsed, part_arr, np.asarray(offsets)))
-                if touched is not None:
-                    touched.update(result.touched_slots.tolist())
+                touched.update(result.touched_slots.tolist())
                 for partition, count in zip(
                     *np.unique(part_arr[parsed.positions], return_counts=True), strict=True
                 ):

@@ -180,7 +180,7 @@ class DynamicBatcher(Generic[R]):
             try:
                 await self._execute(batch, rows)
             except asyncio.CancelledError:
-                _fail(batch, BatcherClosed("the model's batcher was stopped"))
+                _fail(batch, BatcherClosed())
                 raise
             except Exception as exc:
                 # A bug outside the model call (splitting, metrics, concatenation) would
@@ -233,12 +233,15 @@ class DynamicBatcher(Generic[R]):
             queued = []
             while not self._queue.empty():
                 queued.append(self._queue.get_nowait())
-            _fail(queued, BatcherClosed("the model's batcher was stopped"))
+            _fail(queued, BatcherClosed())
         self._executor.shutdown(wait=False)
 
 
 class BatcherClosed(RuntimeError):
     """The batcher stopped before this request was scored."""
+
+    def __init__(self) -> None:
+        super().__init__("the model's batcher was stopped")
 
 
 def _fail(batch: list[_Pending], exc: BaseException) -> None:

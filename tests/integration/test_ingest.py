@@ -164,19 +164,21 @@ def test_every_event_gets_features_bad_ones_go_to_dlq_offsets_committed(
 def test_a_record_too_large_for_a_dead_letter_is_cut_and_the_service_goes_on(
     config: PlatformConfig, running: Callable[[PlatformConfig], Running]
 ) -> None:
-    """~1 MB of junk: accepted by the broker, but with the dead-letter headers over the
-    producer's 1,000,000-byte limit. It used to stop the service before its commit, so the
-    service met it again on every restart."""
+    """~1 MB of junk (key and value): accepted by the broker, but with the dead-letter
+    headers over the producer's 1,000,000-byte limit. It used to stop the service before its
+    commit, so the service met it again on every restart."""
     topics = config.kafka.topics
     good = make_events(50)
-    junk = b"x" * 999_800
-    produce(config, topics.events.name, [(b"acct-1", junk), *encoded(good)])
+    junk_key, junk = b"k" * 300_000, b"x" * 699_800
+    produce(config, topics.events.name, [(junk_key, junk), *encoded(good)])
     with running(config) as service:
         read_all(config, topics.features.name, expected=len(good))
         [dead] = read_all(config, topics.dlq.name, expected=1)
     assert service.metrics.events._value.get() == len(good)
     assert dead.value == junk[:MAX_VALUE_BYTES]
-    assert dead.headers[HEADER_PREFIX + "value.truncated.from"] == b"999800"
+    assert dead.key == junk_key[:MAX_VALUE_BYTES]
+    assert dead.headers[HEADER_PREFIX + "value.truncated.from"] == b"699800"
+    assert dead.headers[HEADER_PREFIX + "key.truncated.from"] == b"300000"
     assert "exceeds the 4096-byte limit" in dead.headers[HEADER_PREFIX + "reason"].decode()
     assert committed_offsets(config, config.ingest.group_id, topics.events.name) == end_offsets(
         config, topics.events.name

@@ -74,10 +74,9 @@ def trigger_event(
     count = len(batch)
     first_ts = min(a.event_ts for a in batch)
     last_ts = max(a.event_ts for a in batch)
+    what = lead.type_name if lead.anomaly_type is not None else "anomaly of unknown type"
     summary = (
-        f"{lead.type_name if lead.anomaly_type is not None else 'anomaly of unknown type'} on "
-        f"{lead.entity_id}: "
-        f"score {lead.score:.3f} >= threshold {lead.threshold:.3f}"
+        f"{what} on {lead.entity_id}: score {lead.score:.3f} >= threshold {lead.threshold:.3f}"
         + (f" ({count} alerts)" if count > 1 else "")
     )
     return {
