@@ -36,6 +36,8 @@ from services.common.features.messages import (
     FeatureBatch,
     FeatureMessageError,
     decode_feature_messages,
+    entity_id_of,
+    entity_ids_of,
 )
 from services.common.kafka.clients import (
     ConsumedBatch,
@@ -184,12 +186,11 @@ class StreamScorer:
         consumed = split_consumed(msgs, log)
         if not consumed.commit_to:
             return None
-        keys = [(k or b"").decode() for k in consumed.keys]
         inflight = self._inflight.add(consumed.commit_to)
         try:
-            features = decode_feature_messages(consumed.values, keys)
+            features = decode_feature_messages(consumed.values, entity_ids_of(consumed.keys))
         except FeatureMessageError:
-            features = self._decode_each(consumed, keys, producer, inflight)
+            features = self._decode_each(consumed, producer, inflight)
         item = _Consumed(features, inflight, started)
         if len(features):
             item.scoring = asyncio.ensure_future(
@@ -278,15 +279,15 @@ class StreamScorer:
     def _decode_each(
         self,
         consumed: ConsumedBatch,
-        keys: list[str],
         producer: Producer,
         inflight: InFlightBatch,
     ) -> FeatureBatch:
         """The usable messages of a batch; each unusable one goes to the dead-letter topic
         with its reason (the batch is committed only once the broker has those too)."""
         good_values, good_keys = [], []
-        for i, (value, key) in enumerate(zip(consumed.values, keys, strict=True)):
+        for i, value in enumerate(consumed.values):
             try:
+                key = entity_id_of(consumed.keys[i])
                 decode_feature_messages([value], [key])
             except FeatureMessageError as exc:
                 inflight.pending += 1

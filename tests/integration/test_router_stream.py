@@ -137,8 +137,16 @@ def test_unusable_features_messages_go_to_the_dead_letter_topic_and_the_rest_is_
     create_topics(cfg)
     good = feature_records[:2_000]
     other_schema = good[0][1][:4] + b"v0000000" + good[0][1][12:]
-    bad = [(b"e-bad-1", b"not a features message"), (b"e-bad-2", other_schema)]
-    records = [*good[:700], bad[0], *good[700:1_500], bad[1], *good[1_500:]]
+    header = good[0][1][:HEADER_SIZE]
+    bad: list[tuple[bytes | None, bytes]] = [
+        (b"e-bad-1", b"not a features message"),
+        (b"e-bad-2", other_schema),
+        (b"e-bad-\xff", header + b"evt-key-not-utf8"),
+        (b"e-bad-4", header + b"evt-\xff\xfe"),
+        (None, header + b"evt-without-key"),
+        (b"e-bad-6", header),
+    ]
+    records = [*good[:700], bad[0], *good[700:1_500], bad[1], *bad[2:], *good[1_500:]]
     produce(cfg, topics.features.name, records)
     config = router_config(cfg, model_server, tmp_path)
     log = tmp_path / "router.log"
@@ -152,10 +160,14 @@ def test_unusable_features_messages_go_to_the_dead_letter_topic_and_the_rest_is_
         assert proc.wait(60) == 0, log.read_text()[-3000:]
 
     assert sorted(event_ids(scores)) == sorted(v[HEADER_SIZE:].decode() for _, v in good)
-    assert sorted((r.key, r.value) for r in dead) == sorted(bad)
-    reasons = {r.key: r.headers[HEADER_PREFIX + "reason"].decode() for r in dead}
-    assert reasons[b"e-bad-1"].startswith(f"not a features message (expected {HEADER_SIZE}+")
-    assert other_schema[:4] == MAGIC and "feature schema 'v0000000'" in reasons[b"e-bad-2"]
+    assert sorted((r.value, r.key or b"") for r in dead) == sorted((v, k or b"") for k, v in bad)
+    reasons = {r.value: r.headers[HEADER_PREFIX + "reason"].decode() for r in dead}
+    assert reasons[bad[0][1]].startswith(f"not a features message (expected {HEADER_SIZE}+")
+    assert other_schema[:4] == MAGIC and "feature schema 'v0000000'" in reasons[other_schema]
+    assert reasons[bad[2][1]].startswith("features message key is not valid UTF-8")
+    assert reasons[bad[3][1]].startswith("features message event id is not valid UTF-8")
+    assert reasons[bad[4][1]] == "features message has no key (the entity id)"
+    assert reasons[bad[5][1]].startswith("features message has no event id")
     for r in dead:
         assert r.headers[HEADER_PREFIX + "source.topic"].decode() == topics.features.name
     group = f"{config.parent.name}-router"

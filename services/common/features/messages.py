@@ -100,8 +100,16 @@ def decode_feature_messages(
             f"features message built for feature schema {other.decode(errors='replace')!r}, "
             f"this build expects {SCHEMA_TAG.decode()}"
         )
+    try:
+        event_ids = [v[HEADER_SIZE:].decode() for v in values]
+    except UnicodeDecodeError as exc:
+        raise FeatureMessageError(
+            f"features message event id is not valid UTF-8 ({exc.reason})"
+        ) from exc
+    if not all(event_ids):
+        raise FeatureMessageError("features message has no event id (nothing after the header)")
     return FeatureBatch(
-        event_ids=[v[HEADER_SIZE:].decode() for v in values],
+        event_ids=event_ids,
         entity_ids=list(entity_ids) if entity_ids is not None else [""] * n,
         ts=header["ts"].astype(np.int64),
         ingest_ts=header["ingest_ts"].astype(np.int64),
@@ -110,9 +118,38 @@ def decode_feature_messages(
     )
 
 
+def entity_ids_of(keys: Sequence[bytes | None]) -> list[str]:
+    """The entity ids of a batch, from its message keys.
+
+    Ingest keys every message by its entity (that is what keeps an entity on one partition),
+    so a message without a key, or with one that is not UTF-8, did not come from ingest: it
+    is refused like any other malformed message rather than scored as entity "".
+    """
+    try:
+        ids = [k.decode() for k in keys]  # type: ignore[union-attr]  # None is caught below
+    except (AttributeError, UnicodeDecodeError):
+        ids = [entity_id_of(k) for k in keys]  # raises with the first bad key's reason
+    if not all(ids):
+        raise FeatureMessageError("features message has no key (the entity id)")
+    return ids
+
+
+def entity_id_of(key: bytes | None) -> str:
+    """One message's entity id (`entity_ids_of`, with the reason a key is unusable)."""
+    if not key:
+        raise FeatureMessageError("features message has no key (the entity id)")
+    try:
+        return key.decode()
+    except UnicodeDecodeError as exc:
+        raise FeatureMessageError(
+            f"features message key is not valid UTF-8 ({exc.reason})"
+        ) from exc
+
+
 def feature_message_as_json(key: bytes | None, value: bytes) -> dict[str, Any]:
     """One message in human form, for `anomaly features tail` and debugging."""
-    batch = decode_feature_messages([value], [key.decode() if key else ""])
+    entity = key.decode(errors="backslashreplace") if key else ""  # shown as it is, for people
+    batch = decode_feature_messages([value], [entity])
     return {
         "event_id": batch.event_ids[0],
         "entity_id": batch.entity_ids[0],
