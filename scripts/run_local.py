@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             start_now=True,
         )
         result = generate(request, cfg.kafka, on_progress)
+        # Progress arrives every few chunks; the lines printed while draining show the total.
+        monitor.generated, monitor.injected = result.events, result.anomaly_total
         log(
             f"generator finished: {result.events:,} events at {result.events_per_s:,.0f}/s"
             f"{' (interrupted)' if result.interrupted else ''}; draining"
