@@ -148,6 +148,13 @@ BAD_CASES: list[tuple[str, bytes, str | None, str]] = [
     ("negative amount", encode(with_(TRADE, amount=-5.0)), "amount", "must be greater than 0"),
     ("zero amount", encode(with_(TRADE, amount=0)), "amount", "must be greater than 0"),
     ("negative quantity", encode(with_(TRADE, quantity=-1)), "quantity", "below the minimum 0"),
+    # Past MAX_MAGNITUDE the float32 window sums overflow to inf and poison the entity's state.
+    ("huge amount", encode(with_(TRADE, amount=1e308)), "amount", "above the maximum 1e+15"),
+    ("huge int amount", encode(with_(TRADE, amount=10**16)), "amount", "above the maximum 1e+15"),
+    ("huge quantity", encode(with_(TRADE, quantity=2e15)), "quantity", "above the maximum 1e+15"),
+    ("huge spread", encode(with_(TRADE, spread_bps=1e300)), "spread_bps", "above the maximum"),
+    ("huge metric", encode(with_(METRIC, value=1e308)), "value", "above the maximum 1e+15"),
+    ("huge negative metric", encode(with_(METRIC, value=-1e20)), "value", "below the minimum"),
     ("bad country", encode(with_(TRADE, country="Germany")), "country", "does not match"),
     ("too long", encode(with_(TRADE, channel="x" * 33)), "channel", "at most 32 allowed"),
     ("unknown field", encode(with_(TRADE, label="price_spike")), "label", "unknown field 'label'"),
@@ -229,6 +236,7 @@ def test_json_schema_accepts_valid_events(good: dict[str, Any]) -> None:
 MUTATION_POOL: list[Any] = [
     None, True, 0, 1, -1, 7, 1.5, -0.5, 0.0, 1e308, "", "x", "DE", "de", "EUR", "eur", "D1",
     "y" * 65, "z" * 129, [], {}, 1_767_571_200_000, 946_684_799_999, 4_102_444_800_001, 1.7e12,
+    1e15, 1.000001e15, 10**15 + 1,
 ]  # fmt: skip
 """Values that break some field's rule: wrong types, bounds, case, lengths, time limits."""
 

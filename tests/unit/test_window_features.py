@@ -219,3 +219,26 @@ def test_stable_hash_is_process_independent_and_nonzero() -> None:
 def test_schema_hash_tracks_names() -> None:
     assert len(feature_schema_hash()) == 16
     assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 22
+
+
+def test_the_largest_accepted_values_keep_every_feature_finite() -> None:
+    """MAX_MAGNITUDE is what validation lets in; an hour of it, mixed with the smallest values
+    (zero quantities and spreads, tiny amounts), must still give finite float32 features, or
+    one event would leave an entity with infinite sums for an hour (and NaN after)."""
+    from services.common.events.schema import MAX_MAGNITUDE
+
+    events: list[dict[str, Any]] = []
+    for i in range(3_600):
+        big = i % 2 == 0
+        events.append(
+            ev(i, "whale", i * 1.0, MAX_MAGNITUDE if big else 1e-9, kind="trade",
+               quantity=MAX_MAGNITUDE if big else 0.0, spread_bps=MAX_MAGNITUDE if big else 0.0)
+        )  # fmt: skip
+    metric = [
+        {"event_id": f"m-{i}", "entity_id": "host", "ts": T0 + i * 1000, "kind": "metric",
+         "value": MAX_MAGNITUDE * (-1) ** i}
+        for i in range(600)
+    ]  # fmt: skip
+    matrix = run(events + metric)
+    bad = np.argwhere(~np.isfinite(matrix))
+    assert bad.size == 0, [(int(r), FEATURE_NAMES[c]) for r, c in bad[:5]]

@@ -32,6 +32,7 @@ import pyarrow.json as pa_json
 
 from services.common.events.schema import (
     MAX_EVENT_BYTES,
+    MAX_MAGNITUDE,
     METRIC_FIELDS,
     TRANSACTION_FIELDS,
     TRANSACTION_KINDS,
@@ -213,10 +214,10 @@ def _valid_transactions(table: pa.Table) -> npt.NDArray[np.bool_]:
     ok = pc.and_kleene(ok, pc.greater_equal(ts, int(ts_spec.minimum or 0)))
     ok = pc.and_kleene(ok, pc.less_equal(ts, int(ts_spec.maximum or 0)))
     amount = table.column("amount")
-    ok = pc.and_kleene(ok, pc.and_kleene(pc.is_finite(amount), pc.greater(amount, 0.0)))
+    ok = pc.and_kleene(ok, pc.and_kleene(pc.greater(amount, 0.0), _at_most_magnitude(amount)))
     for name in ("quantity", "spread_bps"):
         column = table.column(name)
-        fine = pc.and_kleene(pc.is_finite(column), pc.greater_equal(column, 0.0))
+        fine = pc.and_kleene(pc.greater_equal(column, 0.0), _at_most_magnitude(column))
         ok = pc.and_kleene(ok, pc.or_kleene(pc.is_null(column), fine))
     for spec in _OPTIONAL_STRINGS:
         column = table.column(spec.name)
@@ -234,6 +235,11 @@ def _valid_transactions(table: pa.Table) -> npt.NDArray[np.bool_]:
         pc.fill_null(ok, False).to_numpy(zero_copy_only=False), dtype=np.bool_
     )
     return out
+
+
+def _at_most_magnitude(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Finite and within MAX_MAGNITUDE (NaN compares false, so it is not 'within')."""
+    return pc.and_kleene(pc.is_finite(column), pc.less_equal(column, MAX_MAGNITUDE))
 
 
 def _categorical(column: pa.ChunkedArray) -> Categorical:

@@ -23,6 +23,12 @@ MIN_TS_MS: Final = 946_684_800_000
 MAX_TS_MS: Final = 4_102_444_800_000
 """2100-01-01T00:00:00Z. Later timestamps are unit mistakes (microseconds instead of ms)."""
 
+MAX_MAGNITUDE: Final = 1e15
+"""Largest amount, quantity, spread or metric value accepted (a quadrillion). Window sums of
+larger values overflow the float32 features the models read, and an infinite sum would sit
+in the entity's windows for an hour and in its baselines for longer; no real price, volume
+or sample comes near it."""
+
 TRANSACTION_KINDS: Final = ("trade", "payment")
 METRIC_KIND: Final = "metric"
 EVENT_KINDS: Final = (*TRANSACTION_KINDS, METRIC_KIND)
@@ -77,8 +83,9 @@ TRANSACTION_FIELDS: Final[tuple[FieldSpec, ...]] = (
     FieldSpec(
         "amount",
         "number",
-        "Trade price, or payment amount in `currency` units. Must be positive and finite.",
+        "Trade price, or payment amount in `currency` units. Positive, at most 1e15.",
         exclusive_minimum=0,
+        maximum=MAX_MAGNITUDE,
     ),
     FieldSpec(
         "quantity",
@@ -86,6 +93,7 @@ TRANSACTION_FIELDS: Final[tuple[FieldSpec, ...]] = (
         "Traded volume; 1 for a payment when absent.",
         required=False,
         minimum=0,
+        maximum=MAX_MAGNITUDE,
         default=1.0,
     ),
     FieldSpec(
@@ -94,6 +102,7 @@ TRANSACTION_FIELDS: Final[tuple[FieldSpec, ...]] = (
         "Quoted bid/ask spread in basis points at the time of a trade.",
         required=False,
         minimum=0,
+        maximum=MAX_MAGNITUDE,
     ),
     FieldSpec(
         "instrument",
@@ -142,7 +151,13 @@ METRIC_FIELDS: Final[tuple[FieldSpec, ...]] = (
     ),
     _TS,
     FieldSpec("kind", "string", "Always `metric`.", enum=(METRIC_KIND,)),
-    FieldSpec("value", "number", "The sampled value. Must be finite."),
+    FieldSpec(
+        "value",
+        "number",
+        "The sampled value, between -1e15 and 1e15.",
+        minimum=-MAX_MAGNITUDE,
+        maximum=MAX_MAGNITUDE,
+    ),
 )
 
 

@@ -12,13 +12,14 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from services.common.events.schema import (
     EVENT_KINDS,
     MAX_EVENT_BYTES,
+    MAX_MAGNITUDE,
     METRIC_FIELDS,
     METRIC_KIND,
     TRANSACTION_FIELDS,
@@ -190,7 +191,7 @@ _TX_OPTIONAL_STR = tuple(
 _ID_MAX = next(f.max_length for f in TRANSACTION_FIELDS if f.name == "event_id") or 0
 _TS_MIN = int(next(f.minimum for f in TRANSACTION_FIELDS if f.name == "ts") or 0)
 _TS_MAX = int(next(f.maximum for f in TRANSACTION_FIELDS if f.name == "ts") or 0)
-_isfinite = math.isfinite
+_MAGNITUDE: Final = MAX_MAGNITUDE
 
 
 def _code(value: Any, size: int) -> bool:
@@ -229,9 +230,9 @@ def _fast_transaction(obj: dict[str, Any]) -> Event | None:
         return None
     kind_amount = type(amount)
     if kind_amount is float:
-        if not (_isfinite(amount) and amount > 0):
+        if not 0.0 < amount <= _MAGNITUDE:  # NaN fails every comparison, inf the bound
             return None
-    elif kind_amount is int and amount > 0:
+    elif kind_amount is int and 0 < amount <= _MAGNITUDE:
         obj["amount"] = float(amount)
     else:
         return None
@@ -240,9 +241,9 @@ def _fast_transaction(obj: dict[str, Any]) -> Event | None:
         if name in obj:
             v = obj[name]
             kind = type(v)
-            if kind is int and v >= 0:
+            if kind is int and 0 <= v <= _MAGNITUDE:
                 obj[name] = float(v)
-            elif not (kind is float and _isfinite(v) and v >= 0):
+            elif not (kind is float and 0.0 <= v <= _MAGNITUDE):
                 return None
     for name, longest in _TX_OPTIONAL_STR:
         if name in obj:
