@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.events.schema import METRIC_FIELDS, TRANSACTION_FIELDS
+
+_CONTRACT_FIELDS = frozenset(f.name for f in (*TRANSACTION_FIELDS, *METRIC_FIELDS))
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -22,7 +25,8 @@ class IngestMetrics:
         )
         self.dead_letters = Counter(
             "anomaly_ingest_dead_letters_total",
-            "Events rejected to the dead-letter topic.",
+            "Events rejected to the dead-letter topic, by the contract field at fault "
+            "(payload: not an event at all; unknown_field: a field the contract lacks).",
             ["field"],
             registry=registry,
         )
@@ -93,3 +97,14 @@ class IngestMetrics:
             "Events re-applied to window state after a restore (not re-published).",
             registry=registry,
         )
+
+
+def dead_letter_field(field: str | None) -> str:
+    """The `field` label of a rejection: a contract field, `payload` or `unknown_field`.
+
+    An unknown field is named by the producer, so using its name as the label would let any
+    producer create series without bound; the dead letter's own header still names it.
+    """
+    if field is None:
+        return "payload"
+    return field if field in _CONTRACT_FIELDS else "unknown_field"

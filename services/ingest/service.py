@@ -43,14 +43,14 @@ from confluent_kafka import (
 )
 
 from services.common.config import PlatformConfig
-from services.common.events.columnar import parse_columns
+from services.common.events.columnar import ParsedBatch, parse_columns
 from services.common.features.columns import columns_from_parsed
 from services.common.features.engine import EngineSettings, FeatureEngine
 from services.common.features.messages import encode_feature_messages
 from services.common.kafka.clients import consumed_columns, make_consumer, make_producer
 from services.common.kafka.dead_letters import send_dead_letter
 from services.ingest.changelog import StateChangelog
-from services.ingest.metrics import IngestMetrics
+from services.ingest.metrics import IngestMetrics, dead_letter_field
 from services.ingest.online_writer import CoalescingOnlineWriter, OnlineSink
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class IngestService:
             return 0
         partitions, offsets = consumed.partitions, consumed.offsets
 
-        parsed = parse_columns(consumed.values)
+        parsed = self._bound_clock(parse_columns(consumed.values), consumed.values)
         for r in parsed.rejected:
             send_dead_letter(
                 self._producer,
@@ -238,7 +238,7 @@ class IngestService:
                 partition=int(partitions[r.index]),
                 offset=int(offsets[r.index]),
             )
-            m.dead_letters.labels(field=r.field or "payload").inc()
+            m.dead_letters.labels(field=dead_letter_field(r.field)).inc()
             log.warning(
                 "event rejected to the dead-letter topic",
                 extra={
@@ -292,6 +292,22 @@ class IngestService:
         m.entities.set(len(self.engine))
         self.batches += 1
         return len(parsed)
+
+    def _bound_clock(self, parsed: ParsedBatch, raws: list[bytes]) -> ParsedBatch:
+        """Events stamped more than `ingest.max_future_ms` ahead of now, rejected."""
+        bound = self.config.ingest.max_future_ms
+        if not bound or not len(parsed):
+            return parsed
+        now = self._clock_ms()
+        ahead = np.flatnonzero(parsed.ts > now + bound)
+        if not ahead.size:
+            return parsed
+        reasons = [
+            f"field 'ts' is {ts}, {ts - now} ms ahead of the ingest clock (at most {bound} "
+            "allowed, ingest.max_future_ms): is the producer's clock or unit wrong?"
+            for ts in parsed.ts[ahead].tolist()
+        ]
+        return parsed.reject(ahead, reasons, "ts", raws)
 
     def _produce_features(
         self,

@@ -122,6 +122,10 @@ def test_every_event_gets_features_bad_ones_go_to_dlq_offsets_committed(
         (b"acct-2", orjson.dumps({**good[0], "event_id": "bad-1", "amount": "12"})),
         (b"acct-3", orjson.dumps({**good[0], "event_id": "bad-2", "ts": 1_700_000_000})),
         (None, b""),
+        # Valid by the contract (before 2100), but stamped 2096 by a broken producer clock:
+        # taken in, it would make every later event of acct-0 late (windows frozen).
+        (b"acct-0", orjson.dumps({**good[0], "event_id": "bad-3", "ts": 4_000_000_000_000})),
+        (b"acct-5", orjson.dumps({**good[0], "event_id": "bad-4", "utm_campaign_8f3e": "x"})),
     ]
     records = encoded(good[:300]) + bad + encoded(good[300:])
     produce(config, topics.events.name, records)
@@ -152,6 +156,16 @@ def test_every_event_gets_features_bad_ones_go_to_dlq_offsets_committed(
     assert "must be a number, got string" in reasons[bad[1][1]]
     assert "was it sent in seconds?" in reasons[bad[2][1]]
     assert reasons[b""] == "empty payload"
+    assert "ms ahead of the ingest clock (at most 600000 allowed" in reasons[bad[4][1]]
+    assert "unknown field 'utm_campaign_8f3e'" in reasons[bad[5][1]]
+    # Series by contract field; a producer's own field names do not become label values.
+    by_field = {
+        s.labels["field"]: s.value
+        for metric in service.metrics.dead_letters.collect()
+        for s in metric.samples
+        if s.name.endswith("_total")
+    }
+    assert by_field == {"payload": 2, "amount": 1, "ts": 2, "unknown_field": 1}
     for r in dead:
         assert r.headers[HEADER_PREFIX + "source.topic"].decode() == topics.events.name
         assert int(r.headers[HEADER_PREFIX + "source.offset"]) >= 0

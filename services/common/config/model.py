@@ -547,6 +547,11 @@ class IngestConfig(Section):
     """Longest wait to fill a micro-batch; bounds the latency the batch adds."""
     allowed_lateness_ms: int = Field(default=60_000, ge=0)
     """Events further behind their entity's newest event are late: scored, not windowed."""
+    max_future_ms: int = Field(default=600_000, ge=0)
+    """Events timestamped further ahead of this service's clock go to the dead-letter topic
+    (0: no bound). Windows end at the newest time seen, so one event stamped next year would
+    make every later event of its entity late (and empty the stream's `global_rate_1m`
+    panes) until then; producers' clocks drift by seconds, not by ten minutes."""
     checkpoint_interval_s: float = Field(default=10.0, gt=0, le=3600)
     """How often changed window state goes to the changelog; bounds replay after a crash."""
     session_timeout_ms: int = Field(default=45_000, ge=1_000, le=300_000)

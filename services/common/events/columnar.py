@@ -93,6 +93,33 @@ class ParsedBatch:
     def __len__(self) -> int:
         return len(self.event_ids)
 
+    def reject(
+        self, rows: I64, reasons: Sequence[str], field: str, raws: Sequence[bytes]
+    ) -> ParsedBatch:
+        """This batch without the valid events at `rows` (indices into it), which join the
+        rejections with their `reasons`: for rules of the consuming service rather than of
+        the contract (an ingest clock bound), decided after parsing."""
+        keep = np.ones(len(self), dtype=np.bool_)
+        keep[rows] = False
+        kept = np.flatnonzero(keep)
+        positions = self.positions[rows].tolist()
+        added = [
+            Rejected(i, raws[i], reason, field)
+            for i, reason in zip(positions, reasons, strict=True)
+        ]
+        return ParsedBatch(
+            positions=self.positions[kept],
+            event_ids=[self.event_ids[i] for i in kept.tolist()],
+            entity_ids=[self.entity_ids[i] for i in kept.tolist()],
+            ts=self.ts[kept],
+            amount=self.amount[kept],
+            quantity=self.quantity[kept],
+            spread=self.spread[kept],
+            counterparty=Categorical(self.counterparty.codes[kept], self.counterparty.values),
+            country=Categorical(self.country.codes[kept], self.country.values),
+            rejected=sorted([*self.rejected, *added], key=lambda r: r.index),
+        )
+
 
 def parse_columns(raws: Sequence[bytes]) -> ParsedBatch:
     """Parse and validate a micro-batch; one bad message never fails the batch."""
