@@ -355,6 +355,10 @@ class IngestService:
         for commit_to in ready:
             for partition, offset in commit_to.items():
                 offsets[partition] = max(offset, offsets.get(partition, 0))
+        if not offsets:
+            # Every partition of these batches was lost since (`_release`): nothing is ours
+            # to commit, and librdkafka refuses an empty synchronous commit (_NO_OFFSET).
+            return len(ready)
         tps = [TopicPartition(self.topics.events.name, p, o) for p, o in offsets.items()]
         if wait:
             self._consumer.commit(offsets=tps, asynchronous=False)

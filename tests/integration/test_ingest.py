@@ -295,3 +295,66 @@ def test_outputs_the_broker_refuses_stop_the_service_before_any_commit(
         o < 0
         for o in committed_offsets(config, config.ingest.group_id, topics.events.name).values()
     )
+
+
+def test_a_checkpoint_after_partitions_were_lost_mid_batch_commits_only_what_is_still_owned(
+    config: PlatformConfig,
+) -> None:
+    """`on_lost` (session timed out) takes away a partition whose batch is processed but not
+    yet committed. That batch's commit then covers nothing, and the next periodic checkpoint
+    used to hand librdkafka an empty synchronous commit, which raises _NO_OFFSET and stopped
+    the service. Now it commits nothing for the lost partition (its new owner re-reads it)
+    and goes on with the partitions it still owns."""
+    from confluent_kafka import Producer, TopicPartition
+
+    topics = config.kafka.topics
+    # A long linger keeps the batch's feature messages unacknowledged through process(), so
+    # its offsets are still waiting for their commit when the partition is lost.
+    slow_acks = config.kafka.producer.model_copy(update={"linger_ms": 1_500})
+    cfg = config.model_copy(
+        update={"kafka": config.kafka.model_copy(update={"producer": slow_acks})}
+    )
+    events = make_events(40)
+    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    for e in events[:20]:
+        producer.produce(topics.events.name, orjson.dumps(e), e["entity_id"].encode(), partition=0)
+    assert producer.flush(30) == 0
+
+    service = IngestService(cfg, metrics=IngestMetrics(CollectorRegistry()))
+    consumer = service._consumer
+    consumer.subscribe(
+        [topics.events.name],
+        on_assign=service._on_assign,
+        on_revoke=service._on_revoke,
+        on_lost=service._on_lost,
+    )
+    try:
+        msgs: list[Any] = []
+        deadline = time.monotonic() + 60
+        while len(msgs) < 20 and time.monotonic() < deadline:
+            msgs += consumer.consume(num_messages=20 - len(msgs), timeout=1.0)
+        assert len(msgs) == 20 and {m.partition() for m in msgs} == {0}
+        assert service._assigned == {0, 1, 2, 3}
+        assert service.process(msgs) == 20
+        assert service._uncommitted, "precondition: the batch waits for its acknowledgements"
+
+        service._on_lost(consumer, [TopicPartition(topics.events.name, 0)])
+        service.checkpoint()  # what run() does every checkpoint_interval_s
+
+        assert committed_offsets(cfg, cfg.ingest.group_id, topics.events.name).get(0, 0) <= 0, (
+            "the lost partition's offsets are its new owner's to commit"
+        )
+        for e in events[20:]:
+            producer.produce(
+                topics.events.name, orjson.dumps(e), e["entity_id"].encode(), partition=1
+            )
+        assert producer.flush(30) == 0
+        msgs = []
+        deadline = time.monotonic() + 60
+        while len(msgs) < 20 and time.monotonic() < deadline:
+            msgs += consumer.consume(num_messages=20 - len(msgs), timeout=1.0)
+        assert service.process(msgs) == 20
+        service.checkpoint()
+        assert committed_offsets(cfg, cfg.ingest.group_id, topics.events.name).get(1) == 20
+    finally:
+        service._shutdown()
