@@ -30,6 +30,13 @@ class IngestMetrics:
             ["field"],
             registry=registry,
         )
+        self.misrouted_events = Counter(
+            "anomaly_ingest_misrouted_events_total",
+            "Events that arrived on another partition than their entity's first one: the "
+            "producer does not key by entity_id, or producers disagree on the partitioner. "
+            "Windows stay correct only while one ingest member owns both partitions.",
+            registry=registry,
+        )
         self.late_events = Counter(
             "anomaly_ingest_late_events_total",
             "Events later than the allowed lateness: scored, not windowed.",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -160,6 +161,7 @@ class IngestService:
         self._uncommitted: list[tuple[int, dict[int, int]]] = []
         """(batch sequence, partition -> next offset) of batches not committed yet."""
         self.batches = 0
+        self._misrouted_warned_at = -math.inf
 
     # ------------------------------------------------------------------ health
 
@@ -269,6 +271,8 @@ class IngestService:
 
             rows = np.flatnonzero(~result.late)
             m.late_events.inc(int(result.late.sum()))
+            if result.misrouted:
+                self._report_misrouted(result.misrouted)
         else:
             rows = np.empty(0, dtype=np.int64)
         self._acks.produced_seq = seq
@@ -292,6 +296,18 @@ class IngestService:
         m.entities.set(len(self.engine))
         self.batches += 1
         return len(parsed)
+
+    def _report_misrouted(self, count: int) -> None:
+        """Count events off their entity's partition; warn at most once a minute."""
+        self.metrics.misrouted_events.inc(count)
+        now = time.monotonic()
+        if now - self._misrouted_warned_at >= 60.0:
+            self._misrouted_warned_at = now
+            log.warning(
+                "events arrived on another partition than their entity's: key events by "
+                "entity_id with one partitioner (murmur2, as the Java client)",
+                extra={"events": count, "metric": "anomaly_ingest_misrouted_events_total"},
+            )
 
     def _bound_clock(self, parsed: ParsedBatch, raws: list[bytes]) -> ParsedBatch:
         """Events stamped more than `ingest.max_future_ms` ahead of now, rejected."""

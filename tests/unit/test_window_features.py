@@ -242,3 +242,21 @@ def test_the_largest_accepted_values_keep_every_feature_finite() -> None:
     matrix = run(events + metric)
     bad = np.argwhere(~np.isfinite(matrix))
     assert bad.size == 0, [(int(r), FEATURE_NAMES[c]) for r, c in bad[:5]]
+
+
+def test_events_of_an_entity_on_a_second_partition_update_its_state() -> None:
+    """Offsets are positions in one partition. An entity first seen on partition 0 at offset
+    1,000 whose next events come on partition 1 at offsets 0-9 (a producer not keyed by
+    entity, or another partitioner) used to have them all taken for re-deliveries: described,
+    never added to its windows. They now count, and are counted as misrouted; re-deliveries
+    on its own partition are still recognised."""
+    engine = FeatureEngine()
+    home = [ev(i, "acct", i * 1.0, 10.0) for i in range(5)]
+    first = engine.process(columns_from_events(home, [0] * 5, range(1_000, 1_005)))
+    assert first.misrouted == 0
+    other = [ev(5 + i, "acct", 5.0 + i, 10.0) for i in range(10)]
+    result = engine.process(columns_from_events(other, [1] * 10, range(10)))
+    assert result.misrouted == 10
+    assert [f(result.matrix, i, "count_1m") for i in range(10)] == [6.0 + i for i in range(10)]
+    again = engine.process(columns_from_events(home[-2:], [0, 0], [1_003, 1_004]))
+    assert f(again.matrix, 1, "count_1m") == 15.0, "a re-delivery at home is not re-applied"

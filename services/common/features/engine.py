@@ -73,6 +73,8 @@ class BatchFeatures:
     """Slots whose state changed (for checkpoints and the online store)."""
     slots: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     """Slot of each row's entity: an integer id per entity, for grouping rows without strings."""
+    misrouted: int = 0
+    """Events that came on another partition than their entity's (see `FeatureEngine.process`)."""
 
 
 _SCALARS: tuple[tuple[str, type[np.generic], float], ...] = (
@@ -234,10 +236,11 @@ class FeatureEngine:
         if n == 0:
             return BatchFeatures(out, late)
         slots = self.slots_for(cols.entity_ids, cols.partition)
+        offsets, misrouted = self._home_offsets(cols, slots)
         st = self.state
         process_events(
             slots, cols.ts, cols.amount, cols.quantity, cols.spread, cols.counterparty,
-            cols.country, cols.offset,
+            cols.country, offsets,
             st["last_ts"], st["n_seen"], st["last_offset"], st["slow_mean"], st["slow_var"],
             st["medium_mean"], st["fast_amount"], st["logq_mean"], st["nq"],
             st["logspread_mean"], st["nspread"],
@@ -248,7 +251,26 @@ class FeatureEngine:
         )  # fmt: skip
         self._global_rate(cols, late, out)
         self.late_events += int(late.sum())
-        return BatchFeatures(out, late, np.unique(slots[~late]), slots)
+        return BatchFeatures(out, late, np.unique(slots[~late]), slots, misrouted)
+
+    def _home_offsets(self, cols: EventColumns, slots: I64) -> tuple[I64, int]:
+        """Offsets for the redelivery guard: -1 ("unknown") for events that came on another
+        partition than their entity's first one.
+
+        An entity's `last_offset` is a position in its own partition; compared with an
+        offset of another partition it would call fresh events re-deliveries and leave them
+        out of the state for good. That happens when producers do not key events by entity
+        id, or two producers use different partitioners (librdkafka's default hashes keys
+        with CRC32, the Java client with murmur2). Such events are applied (a re-delivery of
+        one may then count twice, as at-least-once allows) and counted.
+        """
+        offsets = cols.offset
+        foreign = (cols.partition != self.partition_of[slots]) & (cols.partition >= 0)
+        if not foreign.any():
+            return offsets, 0
+        offsets = offsets.copy()
+        offsets[foreign] = -1
+        return offsets, int(foreign.sum())
 
     def _global_rate(self, cols: EventColumns, late: BoolArr, out: F32) -> None:
         """Batch-granular all-entity rate: the one feature that depends on batch boundaries.
