@@ -213,6 +213,8 @@ class VersionInfo:
     created_at: str
     promoted: bool
     metrics: dict[str, Any]
+    problem: str | None = None
+    """Why the version's metadata cannot be read (None: it can)."""
 
 
 class Registry:
@@ -306,7 +308,16 @@ class Registry:
         path = self.version_dir(name, version) / METADATA_FILE
         if not path.exists():
             raise ModelNotFoundError(f"{name.value} version {version} not found under {self.root}")
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise IntegrityError(
+                f"{name.value} version {version}: {METADATA_FILE} is not valid JSON ({exc})"
+            ) from None
+        if not isinstance(data, dict):
+            raise IntegrityError(
+                f"{name.value} version {version}: {METADATA_FILE} is not a JSON object"
+            )
         return data
 
     def load(
@@ -332,21 +343,31 @@ class Registry:
             version=version,
             path=self.version_dir(name, version),
             metadata=metadata,
-            calibrator=QuantileCalibrator.from_dict(metadata["calibration"]),
+            calibrator=_calibrator(name, version, metadata),
             kind=KINDS[name],
         )
 
     def list(self) -> list[VersionInfo]:
-        """Every version of every model."""
+        """Every version of every model.
+
+        A version whose metadata cannot be read is listed with the reason rather than
+        ending the listing: `models list` is what an operator runs to find such a version.
+        """
         out = []
         for name in ModelName:
             promoted = self.promoted(name)
             for version in self.versions(name):
-                meta = self.metadata(name, version)
+                try:
+                    meta = self.metadata(name, version)
+                except RegistryError as exc:
+                    out.append(VersionInfo(name, version, "", version == promoted, {}, str(exc)))
+                    continue
+                metrics = meta.get("metrics")
+                holdout = metrics.get("holdout") if isinstance(metrics, dict) else None
                 out.append(
                     VersionInfo(
                         name, version, str(meta.get("created_at", "")), version == promoted,
-                        dict(meta.get("metrics", {}).get("holdout", {})),
+                        dict(holdout) if isinstance(holdout, dict) else {},
                     )
                 )  # fmt: skip
         return out
@@ -368,18 +389,12 @@ class Registry:
         name = ModelName(name)
         model_dir = self.model_dir(name)
         model_dir.mkdir(parents=True, exist_ok=True)
-        if version is None:
-            existing = [p.name for p in model_dir.iterdir() if p.name.isdigit()]
-            version = str(max((int(v) for v in existing), default=0) + 1)
-        elif not version.isdigit() or int(version) < 1:
-            raise RegistryError(f"version must be a positive integer, got {version!r}")
-        target = model_dir / version
-        if target.exists():
-            raise VersionExistsError(
-                f"{name.value} version {version} already exists at {target}: versions are "
-                "immutable, publish a new one"
-            )
-        staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".staging-{version}-"))
+        version, target = self._reserve(name, version)
+        try:
+            staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".staging-{version}-"))
+        except BaseException:
+            target.rmdir()
+            raise
         try:
             stage(staging, version)
             lines = [
@@ -391,16 +406,48 @@ class Registry:
             for p in staging.iterdir():
                 _read_only(p)
             _read_only(staging)
-            if target.exists():
-                raise VersionExistsError(f"{name.value} version {version} was created meanwhile")
+            # Replaces the empty reservation in one step (rename onto an empty folder).
             os.rename(staging, target)
         except BaseException:
             if staging.exists():
                 staging.chmod(0o755)
                 shutil.rmtree(staging, ignore_errors=True)
+            if target.is_dir() and not (target / CHECKSUMS_FILE).exists():
+                target.rmdir()
             raise
         self._write_triton_config(name)
         return version
+
+    def _reserve(self, name: ModelName, version: str | None) -> tuple[str, Path]:
+        """Claim a version number by creating its (empty) folder.
+
+        Why a folder: `mkdir` is atomic and exclusive, so two trainings publishing at once
+        get two numbers (or, for an explicit version, one of them VersionExistsError)
+        instead of both staging "the next" version and one failing at the final rename.
+        Readers ignore the empty folder: a version exists once its SHA256SUMS does.
+        """
+        model_dir = self.model_dir(name)
+        if version is not None:
+            if not version.isdigit() or int(version) < 1:
+                raise RegistryError(f"version must be a positive integer, got {version!r}")
+            target = model_dir / str(int(version))
+            try:
+                target.mkdir()
+            except FileExistsError:
+                raise VersionExistsError(
+                    f"{name.value} version {target.name} already exists at {target}: versions "
+                    "are immutable, publish a new one (an empty folder there is a publish in "
+                    "progress, or one that crashed: remove it to reuse the number)"
+                ) from None
+            return target.name, target
+        while True:
+            taken = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+            target = model_dir / str(max(taken, default=0) + 1)
+            try:
+                target.mkdir()
+            except FileExistsError:
+                continue  # another publisher took it between the listing and mkdir
+            return target.name, target
 
     def promote(self, name: ModelName, version: str) -> None:
         """Point PROMOTED at a verified version (and re-point Triton's configuration)."""
@@ -417,6 +464,17 @@ class Registry:
         dims = [int(d) for d in meta["input"]["shape"][1:]]
         text = triton_config(name, dims, version)
         _atomic_write_text(self.model_dir(name) / TRITON_CONFIG_FILE, text)
+
+
+def _calibrator(name: ModelName, version: str, metadata: dict[str, Any]) -> QuantileCalibrator:
+    """The version's calibration table, or IntegrityError naming what is wrong with it."""
+    table = metadata.get("calibration")
+    if not isinstance(table, dict):
+        raise IntegrityError(f"{name.value} version {version}: metadata has no calibration table")
+    try:
+        return QuantileCalibrator.from_dict(table)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"{name.value} version {version}: {exc}") from None
 
 
 def check_batch(model: LoadedModel, x: npt.ArrayLike) -> F32:

@@ -405,6 +405,9 @@ def models_list(store: StoreOption = None, config: ConfigOption = None) -> None:
             return
         typer.echo(f"{'model':<17} {'version':>7}  {'created':<25} {'ROC-AUC':>8} {'TPR@0.3%':>9}")
         for r in rows:
+            if r.problem is not None:
+                typer.echo(f"{r.name.value:<17} {r.version:>6}   UNREADABLE: {r.problem}")
+                continue
             roc = r.metrics.get("roc_auc")
             tpr = r.metrics.get("tpr_at_fpr", {}).get("0.3%", {}).get("tpr")
             mark = "*" if r.promoted else " "

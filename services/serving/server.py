@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import Request, Response
 
+from models.errors import RegistryError
 from models.registry import LoadedModel, Registry
 from services.common.config import PlatformConfig
 from services.common.heap import freeze_startup_heap
@@ -47,7 +48,14 @@ def load_versions(
     elif versions == "all":
         wanted = registry.versions(name)
     else:
-        wanted = [v.strip() for v in versions.split(",") if v.strip()]
+        wanted = list(dict.fromkeys(v.strip() for v in versions.split(",") if v.strip()))
+        if not wanted:
+            raise RegistryError(
+                f"--versions {versions!r} names no version: use default, all, or a list like 2,3"
+            )
+        odd = [v for v in wanted if not v.isdigit()]
+        if odd:
+            raise RegistryError(f"--versions: {', '.join(odd)} is not a version number")
         if default not in wanted:
             default = wanted[-1]
     return [registry.load(name, v) for v in wanted], default

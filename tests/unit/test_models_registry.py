@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,88 @@ def test_failed_staging_leaves_nothing_behind(tmp_path: Path) -> None:
     assert list(reg.model_dir(XGB).iterdir()) == []
 
 
+def test_trainings_publishing_at_once_get_one_version_each(tmp_path: Path) -> None:
+    """Two trainings finishing together both used to stage "the next" version; the second
+    failed at the final rename after all its work."""
+    reg = Registry(tmp_path)
+    both_staging = threading.Barrier(2, timeout=10)
+    done: list[str] = []
+    errors: list[BaseException] = []
+    inner = _stage()
+
+    def stage(folder: Path, version: str) -> None:
+        both_staging.wait()  # each is mid-staging while the other chooses its version
+        inner(folder, version)
+
+    def publish() -> None:
+        try:
+            done.append(reg.publish(XGB, stage))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert sorted(done) == ["1", "2"]
+    assert reg.versions(XGB) == ["1", "2"]
+    for version in done:
+        assert reg.metadata(XGB, version)["version"] == version
+        reg.verify(XGB, version)
+
+
+def test_a_version_being_published_is_reserved_and_released_on_failure(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    seen: list[list[str]] = []
+
+    def slow(folder: Path, version: str) -> None:
+        # While this one stages, its number is taken but not yet a version.
+        seen.append(reg.versions(XGB))
+        with pytest.raises(VersionExistsError, match="in progress"):
+            reg.publish(XGB, _stage(), version=version)
+        assert reg.publish(XGB, _stage()) == "2"
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        reg.publish(XGB, slow)
+    assert seen == [[]]
+    assert reg.versions(XGB) == ["2"]
+    assert reg.publish(XGB, _stage(), version="1") == "1"  # the failed one's number is free
+    assert reg.publish(XGB, _stage(), version="03") == "3"  # one spelling per number
+    with pytest.raises(VersionExistsError):
+        reg.publish(XGB, _stage(), version="3")
+
+
+def test_unreadable_metadata_is_listed_with_its_reason_and_refused_by_load(
+    tmp_path: Path,
+) -> None:
+    reg = Registry(tmp_path)
+    reg.publish(XGB, _stage())
+
+    def no_calibration(folder: Path, version: str) -> None:
+        _stage()(folder, version)
+        meta = json.loads((folder / METADATA_FILE).read_text())
+        meta["calibration"] = {"raw": [0.0, float("nan")], "level": [0.0, 1.0]}
+        meta["metrics"] = ["not", "a", "mapping"]
+        (folder / METADATA_FILE).write_text(json.dumps(meta))
+
+    reg.publish(XGB, no_calibration)
+    reg.publish(XGB, _stage())
+    target = reg.version_dir(XGB, "3") / METADATA_FILE
+    os.chmod(target, 0o644)
+    target.write_text("{not json")
+    listed = {v.version: v for v in reg.list()}
+    assert listed["1"].problem is None and listed["1"].metrics == {"roc_auc": 0.9}
+    assert listed["2"].problem is None and listed["2"].metrics == {}
+    assert "not valid JSON" in str(listed["3"].problem)
+    with pytest.raises(IntegrityError, match=r"version 2: calibration table: .*finite"):
+        reg.load(XGB, "2")
+    with pytest.raises(IntegrityError, match="not valid JSON"):
+        reg.metadata(XGB, "3")
+
+
 def test_tampered_added_or_removed_files_are_detected(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     reg.publish(XGB, _stage())
@@ -158,3 +241,24 @@ def test_auto_runtime_follows_the_versions_record(
         ServingConfig(runtime="auto", onnx_max_rows=config, gpu="never")
     )
     assert {rows: policy.choose(model, rows) for rows in batches} == batches
+
+
+def test_serving_a_version_list_refuses_an_empty_or_odd_list_and_loads_each_once(
+    tmp_path: Path,
+) -> None:
+    from models.errors import RegistryError
+    from services.common.config import PlatformConfig
+    from services.serving.server import load_versions
+
+    reg = Registry(tmp_path)
+    for _ in range(3):
+        reg.publish(XGB, _stage())
+    config = PlatformConfig()
+    for spec in (",", " , "):
+        with pytest.raises(RegistryError, match="names no version"):
+            load_versions(reg, XGB, config, spec)
+    with pytest.raises(RegistryError, match="not a version number"):
+        load_versions(reg, XGB, config, "2,../1")
+    loaded, default = load_versions(reg, XGB, config, "1, 2,1")
+    assert [m.version for m in loaded] == ["1", "2"]
+    assert default == "2"
