@@ -15,6 +15,7 @@ below 1e-3 there.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +80,11 @@ class QuantileCalibrator:
         x = np.asarray(raw_scores, dtype=np.float64)
         knots, levels = self._knot_array, self._level_array
         if knots.size == 1:
-            out: F64 = np.where(x < knots[0], 0.0, 1.0)
+            # Every normal score was the same value: below it is normal, at or above it is
+            # not; NaN stays NaN (unscorable), as np.interp keeps it for larger tables.
+            out: F64 = np.where(np.isnan(x), np.nan, np.where(x < knots[0], 0.0, 1.0))
             return out
-        out = np.interp(x, knots, levels, left=0.0, right=1.0)
-        out[np.isnan(x)] = np.nan
+        out = np.asarray(np.interp(x, knots, levels, left=0.0, right=1.0), dtype=np.float64)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,10 +94,20 @@ class QuantileCalibrator:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantileCalibrator:
         """Inverse of `to_dict`, checking the invariants a hand-edited file could break."""
-        raw = tuple(float(v) for v in data["raw"])
-        level = tuple(float(v) for v in data["level"])
+        missing = [key for key in ("raw", "level") if key not in data]
+        if missing:
+            raise ValueError(f"calibration table: no {' or '.join(missing)} list")
+        try:
+            raw = tuple(float(v) for v in data["raw"])
+            level = tuple(float(v) for v in data["level"])
+        except (TypeError, ValueError):
+            raise ValueError("calibration table: raw and level must be lists of numbers") from None
         if len(raw) != len(level) or not raw:
             raise ValueError("calibration table: raw and level must be non-empty and equal length")
+        if not all(math.isfinite(v) for v in (*raw, *level)):
+            # NaN compares false both ways, so it would slip through the order checks below
+            # and np.interp would then answer NaN or garbage for every score near it.
+            raise ValueError("calibration table: knots and levels must be finite numbers")
         if any(b <= a for a, b in itertools.pairwise(raw)):
             raise ValueError("calibration table: raw knots must be strictly increasing")
         if any(b < a for a, b in itertools.pairwise(level)) or not (

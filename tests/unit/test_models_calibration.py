@@ -41,6 +41,16 @@ def test_ties_and_constant_scores_stay_valid() -> None:
 def test_nan_passes_through_as_missing() -> None:
     cal = QuantileCalibrator.fit(np.arange(1000.0))
     assert np.isnan(cal(np.array([np.nan]))[0])
+    # A table of one knot (every normal score equal) must not call NaN "most anomalous".
+    constant = QuantileCalibrator.fit(np.ones(500))
+    out = constant(np.array([np.nan, 0.0, 3.0]))
+    assert np.isnan(out[0]) and out[1:].tolist() == [0.0, 1.0]
+
+
+def test_a_scalar_score_is_calibrated_like_a_one_element_batch() -> None:
+    cal = QuantileCalibrator.fit(np.arange(1000.0))
+    assert float(cal(499.5)) == pytest.approx(cal(np.array([499.5]))[0])
+    assert np.isnan(cal(float("nan")))
 
 
 def test_round_trip_and_tampered_tables_are_refused() -> None:
@@ -56,6 +66,16 @@ def test_round_trip_and_tampered_tables_are_refused() -> None:
     broken["level"][-1] = 1.5
     with pytest.raises(ValueError, match="within"):
         QuantileCalibrator.from_dict(broken)
+    # NaN compares false both ways: it would pass the order checks unnoticed.
+    for key, where in (("raw", 10), ("level", 10), ("raw", -1)):
+        broken = cal.to_dict()
+        broken[key][where] = float("nan")
+        with pytest.raises(ValueError, match="finite"):
+            QuantileCalibrator.from_dict(broken)
+    with pytest.raises(ValueError, match="no level"):
+        QuantileCalibrator.from_dict({"raw": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="lists of numbers"):
+        QuantileCalibrator.from_dict({"raw": [0.0, "x"], "level": [0.0, 1.0]})
 
 
 def test_too_few_or_non_finite_normal_scores_are_training_data_errors() -> None:
