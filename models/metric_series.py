@@ -17,7 +17,7 @@ Output: one row per sample: entity_id, ts, value, one calibrated score per model
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -64,40 +64,64 @@ def read_metric_series(paths: Sequence[Path]) -> list[Event]:
     for path in paths:
         if not path.exists():
             raise TrainingDataError(f"{path}: no such metrics file")
-        with path.open(newline="", encoding="utf-8") as fh:
+        # utf-8-sig: spreadsheet exports start with a byte-order mark, which would otherwise
+        # become part of the first column's name ("\ufefftimestamp" is not "timestamp").
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            columns = set(reader.fieldnames or ())
-            missing = sorted({"timestamp", "value"} - columns)
-            if missing:
+            try:
+                events.extend(_metric_events(path, reader))
+            except UnicodeDecodeError:
                 raise TrainingDataError(
-                    f"{path}: metrics table lacks column(s): {', '.join(missing)}"
-                )
-            extra = sorted(columns - _ALLOWED)
-            if extra:
+                    f"{path}, line {_first_line_not_utf8(path)}: not valid UTF-8"
+                ) from None
+            except csv.Error as exc:
                 raise TrainingDataError(
-                    f"{path}: metrics table has unknown column(s): {', '.join(extra)} "
-                    "(expected timestamp, value and optionally entity_id)"
-                )
-            for line, row in enumerate(reader, start=2):
-                where = f"{path}, line {line}"
-                try:
-                    value = float(row["value"])
-                except (TypeError, ValueError):
-                    raise TrainingDataError(
-                        f"{where}: value {row['value']!r} is not a number"
-                    ) from None
-                obj = {
-                    "entity_id": row.get("entity_id") or path.stem,
-                    "ts": timestamp_ms(row["timestamp"], where),
-                    "kind": "metric",
-                    "value": value,
-                }
-                try:
-                    events.append(validate_event(obj))
-                except EventError as exc:
-                    raise TrainingDataError(f"{where}: {exc.reason}") from None
+                    f"{path}, line {reader.line_num + 1}: not a CSV row ({exc})"
+                ) from None
     events.sort(key=lambda e: int(e["ts"]))
     return events
+
+
+def _metric_events(path: Path, reader: csv.DictReader[str]) -> Iterator[Event]:
+    """The validated events of one metrics table, or TrainingDataError naming the row."""
+    columns = set(reader.fieldnames or ())
+    missing = sorted({"timestamp", "value"} - columns)
+    if missing:
+        raise TrainingDataError(f"{path}: metrics table lacks column(s): {', '.join(missing)}")
+    extra = sorted(columns - _ALLOWED)
+    if extra:
+        raise TrainingDataError(
+            f"{path}: metrics table has unknown column(s): {', '.join(extra)} "
+            "(expected timestamp, value and optionally entity_id)"
+        )
+    for line, row in enumerate(reader, start=2):
+        where = f"{path}, line {line}"
+        try:
+            value = float(row["value"])
+        except (TypeError, ValueError):
+            raise TrainingDataError(f"{where}: value {row['value']!r} is not a number") from None
+        obj = {
+            "entity_id": row.get("entity_id") or path.stem,
+            "ts": timestamp_ms(row["timestamp"], where),
+            "kind": "metric",
+            "value": value,
+        }
+        try:
+            yield validate_event(obj)
+        except EventError as exc:
+            raise TrainingDataError(f"{where}: {exc.reason}") from None
+
+
+def _first_line_not_utf8(path: Path) -> int:
+    """Number of the first line that does not decode (text files decode in blocks, so the
+    error itself does not say which line it was in)."""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
 
 
 def score_metric_series(
@@ -150,7 +174,7 @@ def _fit_on_series(
     progress: Progress,
 ) -> dict[ModelName, ModelScorer]:
     if not 0.1 <= fit_fraction <= 1.0:
-        raise ValueError(f"fit_fraction must be within [0.1, 1], got {fit_fraction}")
+        raise TrainingDataError(f"fit_fraction must be within [0.1, 1], got {fit_fraction}")
     cut = max(2, int(len(data) * fit_fraction))
     part = LabelledFeatures(
         matrix=data.matrix[:cut],

@@ -491,7 +491,10 @@ def models_score_series(
         Path, typer.Option("--scores-out", help="Per-sample score CSV to write.", dir_okay=False)
     ],
     fit_fraction: Annotated[
-        float, typer.Option("--fit-fraction", help="Leading share of samples to fit on.")
+        float,
+        typer.Option(
+            "--fit-fraction", min=0.1, max=1.0, help="Leading share of samples to fit on."
+        ),
     ] = 0.5,
     registry_models: Annotated[
         bool,
