@@ -69,6 +69,12 @@ KINDS: Final[dict[ModelName, ModelKind]] = {
 Runtime = Literal["native", "onnx"]
 
 
+def is_version_number(text: str) -> bool:
+    """Whether `text` spells a version folder: ASCII digits only (str.isdigit alone also
+    accepts "²", which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -241,7 +247,7 @@ class Registry:
         found = [
             p.name
             for p in folder.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / CHECKSUMS_FILE).exists()
+            if p.is_dir() and is_version_number(p.name) and (p / CHECKSUMS_FILE).exists()
         ]
         return sorted(found, key=int)
 
@@ -428,7 +434,7 @@ class Registry:
         """
         model_dir = self.model_dir(name)
         if version is not None:
-            if not version.isdigit() or int(version) < 1:
+            if not is_version_number(version) or int(version) < 1:
                 raise RegistryError(f"version must be a positive integer, got {version!r}")
             target = model_dir / str(int(version))
             try:
@@ -441,7 +447,7 @@ class Registry:
                 ) from None
             return target.name, target
         while True:
-            taken = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+            taken = [int(p.name) for p in model_dir.iterdir() if is_version_number(p.name)]
             target = model_dir / str(max(taken, default=0) + 1)
             try:
                 target.mkdir()

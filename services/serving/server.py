@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import Request, Response
 
 from models.errors import RegistryError
-from models.registry import LoadedModel, Registry
+from models.registry import LoadedModel, Registry, is_version_number
 from services.common.config import PlatformConfig
 from services.common.heap import freeze_startup_heap
 from services.common.model_names import ModelName
@@ -53,7 +53,7 @@ def load_versions(
             raise RegistryError(
                 f"--versions {versions!r} names no version: use default, all, or a list like 2,3"
             )
-        odd = [v for v in wanted if not v.isdigit()]
+        odd = [v for v in wanted if not is_version_number(v)]
         if odd:
             raise RegistryError(f"--versions: {', '.join(odd)} is not a version number")
         if default not in wanted:

@@ -18,6 +18,7 @@ from models.errors import (
     IncompatibleModelError,
     IntegrityError,
     ModelNotFoundError,
+    RegistryError,
     VersionExistsError,
 )
 from models.metadata import feature_contract
@@ -135,6 +136,10 @@ def test_a_version_being_published_is_reserved_and_released_on_failure(tmp_path:
     assert reg.versions(XGB) == ["2"]
     assert reg.publish(XGB, _stage(), version="1") == "1"  # the failed one's number is free
     assert reg.publish(XGB, _stage(), version="03") == "3"  # one spelling per number
+    with pytest.raises(RegistryError, match="positive integer"):
+        reg.publish(XGB, _stage(), version="\u00b2")
+    (reg.model_dir(XGB) / "\u00b2").mkdir()  # not a version folder: listing ignores it
+    assert reg.versions(XGB) == ["1", "2", "3"]
     with pytest.raises(VersionExistsError):
         reg.publish(XGB, _stage(), version="3")
 
@@ -246,7 +251,6 @@ def test_auto_runtime_follows_the_versions_record(
 def test_serving_a_version_list_refuses_an_empty_or_odd_list_and_loads_each_once(
     tmp_path: Path,
 ) -> None:
-    from models.errors import RegistryError
     from services.common.config import PlatformConfig
     from services.serving.server import load_versions
 
