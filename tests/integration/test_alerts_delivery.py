@@ -27,6 +27,7 @@ from services.common.config import PlatformConfig
 from services.common.config.model import (
     AlertsConfig,
     AlertSinkConfig,
+    FeatureFlags,
     KafkaAlertSink,
     KafkaConfig,
     PagerDutySink,
@@ -87,6 +88,7 @@ def delivery(tmp_path: Path, registry: CollectorRegistry) -> Iterator[Factory]:
         *sinks: AlertSinkConfig,
         clock: Clock = system_clock,
         kafka: KafkaConfig | None = None,
+        flags: Callable[[], FeatureFlags] | None = None,
         **settings: Any,
     ) -> AlertDelivery:
         cfg = AlertsConfig(
@@ -99,7 +101,11 @@ def delivery(tmp_path: Path, registry: CollectorRegistry) -> Iterator[Factory]:
             **settings,
         )
         built = AlertDelivery.from_config(
-            cfg, kafka or KafkaConfig(), metrics=AlertMetrics.bound_to(registry), clock=clock
+            cfg,
+            kafka or KafkaConfig(),
+            metrics=AlertMetrics.bound_to(registry),
+            clock=clock,
+            flags=flags,
         )
         made.append(built)
         return built
@@ -284,6 +290,43 @@ def test_an_incident_whose_new_alert_was_given_up_still_resolves(
         assert incident.status == "resolved" and incident.resolve_count == 1
         assert sink.open_keys == 0
         sink.close()
+
+
+def test_kill_switch_and_entity_suppression_hold_alerts_already_queued(
+    receiver: ReceiverServer, delivery: Factory, registry: CollectorRegistry
+) -> None:
+    """Alerts in the outbox when a flag is set (e.g. waiting out a PagerDuty 429) were
+    still paged: only new alerts were stopped. They are now held, visible, and paged (one
+    trigger per incident) once the flag is cleared."""
+    clock = ManualClock()
+    live = {"flags": FeatureFlags()}
+    pd = delivery(
+        pagerduty(receiver, group_window_s=60, resolve_after_s=120),
+        clock=clock,
+        flags=lambda: live["flags"],
+    )
+    pd.enqueue([make_alert(i, entity=f"acct-{i % 2}") for i in range(6)])
+    live["flags"] = FeatureFlags(alerts_enabled=False)
+    for _ in range(3):
+        assert pd.dispatch_once().delivered == 0
+        clock.advance(200)  # resolves are held too (none open here, nothing sent at all)
+    assert received(receiver, "/control/requests") == []
+    assert pd.outbox.stats()["pagerduty"].pending == 6, "held, not dropped"
+    assert sample(registry, "anomaly_alerts_outbox_suppressed", sink="pagerduty") == 6
+
+    live["flags"] = FeatureFlags(suppressed_entities=frozenset({"acct-0"}))
+    assert pd.dispatch_once().delivered == 3
+    assert [t["payload"]["source"] for t in triggers(receiver)] == ["acct-1"]
+    assert sample(registry, "anomaly_alerts_outbox_suppressed", sink="pagerduty") == 3
+    held = frozenset({"acct-0"})
+    assert pd.outbox.next_due_at("pagerduty", exclude_entities=held) is None, "no busy wake-ups"
+
+    live["flags"] = FeatureFlags()
+    assert pd.dispatch_once().delivered == 3
+    assert sorted(t["payload"]["source"] for t in triggers(receiver)) == ["acct-0", "acct-1"]
+    assert triggers(receiver)[1]["payload"]["custom_details"]["count"] == 3
+    assert pd.outbox.stats()["pagerduty"].pending == 0
+    assert sample(registry, "anomaly_alerts_outbox_suppressed", sink="pagerduty") == 0
 
 
 def test_receiver_refuses_invalid_events_with_errors(receiver: ReceiverServer) -> None:

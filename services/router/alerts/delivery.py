@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from services.common.config.model import AlertsConfig, KafkaConfig
 from services.router.alerts.alert import Alert
 from services.router.alerts.clock import Clock, system_clock
-from services.router.alerts.dispatcher import Dispatcher, DispatchReport
+from services.router.alerts.dispatcher import Dispatcher, DispatchReport, FlagsSource
 from services.router.alerts.metrics import AlertMetrics
 from services.router.alerts.outbox import Outbox
 from services.router.alerts.sinks import AlertSink, SinkContext, build_sinks
@@ -35,8 +35,13 @@ class AlertDelivery:
         *,
         metrics: AlertMetrics | None = None,
         clock: Clock = system_clock,
+        flags: FlagsSource | None = None,
     ) -> AlertDelivery:
         """Open the outbox at `alerts.outbox_path` and build every configured sink.
+
+        `flags` gives the flags in force (e.g. `lambda: live.get().flags`), so that the kill
+        switch and entity suppression also hold alerts already queued; without it every
+        queued alert is delivered.
 
         Raises SinkConfigurationError (a ConfigError) for unusable sink sections.
         """
@@ -56,7 +61,7 @@ class AlertDelivery:
         except BaseException:
             outbox.close()
             raise
-        dispatcher = Dispatcher(outbox, sinks, alerts, metrics=metrics, clock=clock)
+        dispatcher = Dispatcher(outbox, sinks, alerts, metrics=metrics, clock=clock, flags=flags)
         return cls(outbox, sinks, dispatcher)
 
     def enqueue(self, alerts: Sequence[Alert]) -> int:

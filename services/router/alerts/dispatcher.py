@@ -14,18 +14,34 @@ and written. Outcomes, recorded in the outbox per (alert, sink):
   hand (`anomaly alerts retry-dead`).
 
 Any other exception from a sink is a bug; it is logged and treated as retryable, so a bug
-delays alerts instead of dropping them. `dispatch_once` does one pass (tests drive it
-directly); `start` runs passes on a background thread, woken at once by `enqueue`.
+delays alerts instead of dropping them.
+
+The kill switch (`flags.alerts_enabled: false`) and entity suppression
+(`flags.suppressed_entities`), read on every pass so that a hot reload takes effect at
+once, also hold the alerts that were already in the outbox when the flag was set. While
+the kill switch is on nothing is sent to any sink (no triggers, no resolves, no Kafka
+records); while an entity is suppressed its alerts are skipped and the others go on. Held
+alerts stay pending, count no attempt (so they do not age into dead) and go out when the
+flag is cleared; PagerDuty then folds each incident's backlog into one trigger, so the
+release pages once per incident, not once per alert. Held rather than dropped because a
+flag is set to stop pages now (a noisy rollout, a maintenance) and is meant to be cleared
+again, and alerts are never lost in silence here: it is what an Alertmanager silence does,
+and what is held stays visible (`anomaly_alerts_outbox_suppressed`, `anomaly alerts
+outbox`). Alerts decided while a flag is set never reach the outbox (the scoring core
+leaves them out).
+
+`dispatch_once` does one pass (tests drive it directly); `start` runs passes on a
+background thread, woken at once by `enqueue`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from services.common.config.model import AlertsConfig
+from services.common.config.model import AlertsConfig, FeatureFlags
 from services.router.alerts.alert import Alert
 from services.router.alerts.backoff import Backoff
 from services.router.alerts.clock import Clock, system_clock
@@ -40,6 +56,9 @@ PRUNE_EVERY_S = 60.0
 BATCHES_PER_SINK_PER_PASS = 20
 """Under a steady stream one sink must not keep the pass (and the other sinks) forever."""
 MIN_SLEEP_S = 0.005
+
+FlagsSource = Callable[[], FeatureFlags]
+"""The flags in force (the router's `LiveConfig`, hot-reloaded), read once per pass."""
 
 
 @dataclass
@@ -64,6 +83,7 @@ class Dispatcher:
         metrics: AlertMetrics,
         clock: Clock = system_clock,
         backoff: Backoff | None = None,
+        flags: FlagsSource | None = None,
     ) -> None:
         self._outbox = outbox
         self._sinks = list(sinks)
@@ -75,6 +95,12 @@ class Dispatcher:
         self._tick_failures: dict[str, int] = {}
         """Timed-work failures in a row per sink, so their pauses grow like deliveries'."""
         self._last_prune = float("-inf")
+        no_flags = FeatureFlags()
+        self._flags: FlagsSource = flags or (lambda: no_flags)
+        self._killed = False
+        """The kill switch was on at the last pass."""
+        self._suppressed: frozenset[str] = frozenset()
+        """Entities suppressed at the last pass: their alerts are not due."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,9 +109,11 @@ class Dispatcher:
     # ------------------------------------------------------------------ one pass
 
     def dispatch_once(self) -> DispatchReport:
-        """Deliver what is due now to every sink that is not paused; then housekeeping."""
+        """Deliver what is due now to every sink that is not paused (nothing while the kill
+        switch is on); then housekeeping."""
         report = DispatchReport()
-        for sink in self._sinks:
+        self._read_flags()
+        for sink in self._sinks if not self._killed else ():
             if self._paused_until.get(sink.name, float("-inf")) > self._clock():
                 continue
             self._paused_until.pop(sink.name, None)
@@ -98,11 +126,38 @@ class Dispatcher:
         self._update_gauges()
         return report
 
+    def _read_flags(self) -> None:
+        """Take the flags in force; say so when they start or stop holding alerts."""
+        flags = self._flags()
+        killed = not flags.alerts_enabled
+        suppressed = flags.suppressed_entities
+        if killed != self._killed:
+            pending = sum(s.pending for s in self._outbox.stats(delivered=False).values())
+            if killed:
+                log.warning(
+                    "alert kill switch is on: %d pending alert deliveries are held in the "
+                    "outbox until it is turned off",
+                    pending,
+                    extra={"pending": pending},
+                )
+            else:
+                log.warning("alert kill switch is off: releasing %d held alert deliveries", pending)
+        if suppressed != self._suppressed and suppressed:
+            held = sum(self._outbox.pending_of_entities(suppressed).values())
+            log.warning(
+                "alerts of %d suppressed entities are held: %d pending deliveries",
+                len(suppressed),
+                held,
+                extra={"entities": sorted(suppressed)[:20], "pending": held},
+            )
+        self._killed = killed
+        self._suppressed = suppressed
+
     def _deliver_due(self, sink: AlertSink, report: DispatchReport) -> bool:
         """Write due batches until none is left (or enough for one pass); False if paused."""
         limit = self._cfg.dispatch_batch_size
         for _ in range(BATCHES_PER_SINK_PER_PASS):
-            entries = self._outbox.due(sink.name, limit)
+            entries = self._outbox.due(sink.name, limit, exclude_entities=self._suppressed)
             groups: dict[str, list[OutboxEntry]] = {}
             for entry in entries:
                 groups.setdefault(sink.batch_key(entry.alert), []).append(entry)
@@ -221,10 +276,16 @@ class Dispatcher:
 
     def _update_gauges(self) -> None:
         stats = self._outbox.stats(delivered=False)
+        held: dict[str, int] = (
+            {name: counts.pending for name, counts in stats.items()}
+            if self._killed
+            else self._outbox.pending_of_entities(self._suppressed)
+        )
         for name in {s.name for s in self._sinks} | set(stats):
             counts = stats.get(name)
             self._metrics.pending.labels(name).set(counts.pending if counts else 0)
             self._metrics.dead.labels(name).set(counts.dead if counts else 0)
+            self._metrics.suppressed.labels(name).set(held.get(name, 0))
 
     # ------------------------------------------------------------------ background thread
 
@@ -232,9 +293,13 @@ class Dispatcher:
         """Until the next due alert or pause end, at most `dispatch_interval_s`."""
         now = self._clock()
         wake_at = now + self._cfg.dispatch_interval_s
-        for sink in self._sinks:
+        for sink in self._sinks if not self._killed else ():  # killed: poll the flags
             paused = self._paused_until.get(sink.name)
-            due = paused if paused is not None else self._outbox.next_due_at(sink.name)
+            due = (
+                paused
+                if paused is not None
+                else self._outbox.next_due_at(sink.name, exclude_entities=self._suppressed)
+            )
             if due is not None:
                 wake_at = min(wake_at, due)
         return max(wake_at - now, MIN_SLEEP_S)

@@ -74,6 +74,13 @@ class AlertMetrics:
             ["sink"],
             registry=registry,
         )
+        self.suppressed = Gauge(
+            "anomaly_alerts_outbox_suppressed",
+            "Pending alerts held back by the kill switch or entity suppression (flags); "
+            "delivered when the flag is cleared.",
+            ["sink"],
+            registry=registry,
+        )
         self.delivery_seconds = Histogram(
             "anomaly_alerts_delivery_seconds",
             "From enqueue to acceptance by the sink (includes retries and grouping holds).",

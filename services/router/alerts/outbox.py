@@ -19,10 +19,11 @@ Tables:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -124,6 +125,27 @@ class SinkStateStore:
     def delete(self, key: str) -> None:
         """Forget one key (missing keys are fine)."""
         self._outbox.state_delete(self._sink, key)
+
+
+_ENTITY_IN = (
+    "IFNULL(CASE WHEN json_valid(CAST(a.body AS TEXT))"
+    " THEN json_extract(CAST(a.body AS TEXT), '$.entity_id') END, '')"
+    " IN (SELECT value FROM json_each(?))"
+)
+"""The alert's entity is one of a JSON list. Read from the body (no column of its own, so
+no schema change); an unreadable body counts as no entity, so that `due` still returns it
+and marks it dead instead of failing the whole query."""
+
+
+def _json_list(entities: Collection[str]) -> str:
+    return json.dumps(sorted(entities))
+
+
+def _entity_filter(entities: Collection[str]) -> tuple[str, tuple[str, ...]]:
+    """SQL (and its argument) that leaves out alerts of `entities`; nothing for none."""
+    if not entities:
+        return "", ()
+    return f" AND NOT {_ENTITY_IN}", (_json_list(entities),)
 
 
 class Outbox:
@@ -244,20 +266,27 @@ class Outbox:
 
     # ------------------------------------------------------------------ dispatch side
 
-    def due(self, sink: str, limit: int) -> list[OutboxEntry]:
+    def due(
+        self, sink: str, limit: int, *, exclude_entities: Collection[str] = ()
+    ) -> list[OutboxEntry]:
         """Up to `limit` pending alerts of `sink` whose next attempt time has come, oldest first.
+
+        Alerts of `exclude_entities` (suppressed by the flags) are skipped in the query, not
+        after it: a backlog of one suppressed entity must not fill every batch and hold back
+        the alerts of the others.
 
         A row that no longer parses as an Alert (hand-edited, older schema) is marked dead
         with the reason rather than blocking the queue.
         """
         now = self._clock()
+        skip, skip_args = _entity_filter(exclude_entities)
         with self._lock:
             rows = self._conn.execute(
                 "SELECT d.alert_id, a.body, a.enqueued_at, d.attempts, d.first_failure_at"
                 " FROM deliveries d JOIN alerts a ON a.id = d.alert_id"
                 " WHERE d.state = 'pending' AND d.sink = ? AND d.next_attempt_at <= ?"
-                " ORDER BY d.alert_id LIMIT ?",
-                (sink, now, limit),
+                f"{skip} ORDER BY d.alert_id LIMIT ?",
+                (sink, now, *skip_args, limit),
             ).fetchall()
         entries: list[OutboxEntry] = []
         for alert_id, body, enqueued_at, attempts, first_failure_at in rows:
@@ -325,14 +354,32 @@ class Outbox:
                 [(now, status, error[:2000], now, alert_id, sink) for alert_id in alert_ids],
             )
 
-    def next_due_at(self, sink: str) -> float | None:
-        """Earliest next attempt time of the sink's pending alerts (None when none)."""
+    def next_due_at(self, sink: str, *, exclude_entities: Collection[str] = ()) -> float | None:
+        """Earliest next attempt time of the sink's pending alerts (None when none).
+
+        `exclude_entities` as in `due`: a suppressed entity's alert, due long ago, would
+        otherwise wake the dispatcher at once, again and again.
+        """
+        skip, skip_args = _entity_filter(exclude_entities)
         with self._lock:
             row = self._conn.execute(
-                "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending' AND sink = ?",
-                (sink,),
+                "SELECT MIN(d.next_attempt_at) FROM deliveries d JOIN alerts a ON a.id = d.alert_id"
+                f" WHERE d.state = 'pending' AND d.sink = ?{skip}",
+                (sink, *skip_args),
             ).fetchone()
         return None if row[0] is None else float(row[0])
+
+    def pending_of_entities(self, entities: Collection[str]) -> dict[str, int]:
+        """Pending alerts of `entities` per sink (what entity suppression holds back)."""
+        if not entities:
+            return {}
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT d.sink, COUNT(*) FROM deliveries d JOIN alerts a ON a.id = d.alert_id"
+                f" WHERE d.state = 'pending' AND {_ENTITY_IN} GROUP BY d.sink",
+                (_json_list(entities),),
+            ).fetchall()
+        return {sink: n for sink, n in rows}
 
     def prune(self, retention_s: float) -> int:
         """Delete deliveries delivered more than `retention_s` ago and alerts left with none.
