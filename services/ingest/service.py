@@ -196,7 +196,6 @@ class IngestService:
         try:
             while not self._stop.is_set():
                 msgs = self._consumer.consume(num_messages=ing.batch_max_events, timeout=timeout)
-                self._ready.set()
                 if msgs:
                     self.process(msgs)
                 if time.monotonic() - self._last_checkpoint >= ing.checkpoint_interval_s:
@@ -446,6 +445,10 @@ class IngestService:
             },
         )
         self._update_scale()
+        # Ready only now: before its first assignment (and that assignment's restore) the
+        # member computes nothing, and a rollout that took it for ready would stop the old
+        # pod early. An empty assignment (more members than partitions) counts too.
+        self._ready.set()
         # Returning without assign() lets the client apply the (incremental) assignment itself.
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

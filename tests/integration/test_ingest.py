@@ -214,6 +214,13 @@ def test_restarted_service_restores_window_state_from_the_changelog(
 
     produce(config, topics.events.name, encoded(second))
     with running(config) as restarted:
+        deadline = time.monotonic() + 30
+        while not restarted.ready()[0]:
+            assert time.monotonic() < deadline, restarted.ready()
+            time.sleep(0.005)
+        # Ready means assigned and restored, not merely polling (a rollout trusts it).
+        assert len(restarted.engine) == 12
+        assert restarted.ready()[1] != "ready; partitions=[]"
         features = read_all(config, topics.features.name, expected=len(events))
     assert restarted.metrics.events._value.get() == len(second)  # nothing re-processed
 
