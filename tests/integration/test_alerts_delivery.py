@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
@@ -33,10 +34,12 @@ from services.common.config.model import (
     PagerDutySink,
     WebhookSink,
 )
+from services.common.kafka.clients import make_producer
 from services.router.alerts import Alert, AlertDelivery, AlertMetrics, Dispatcher
 from services.router.alerts.clock import Clock, ManualClock, system_clock
-from services.router.alerts.outbox import Outbox
+from services.router.alerts.outbox import Outbox, SinkStats
 from services.router.alerts.pagerduty_receiver import Fault, ReceiverServer
+from services.router.alerts.sinks.kafka import KafkaAlertWriter
 from services.router.alerts.sinks.pagerduty import PagerDutyAlertSink
 from tests.integration.kafka_io import create_topics, read_all
 
@@ -517,3 +520,75 @@ def test_kafka_sink_writes_alerts_to_the_alerts_topic(
         assert record.key == alert.entity_id.encode()
         assert record.headers["event-id"] == alert.event_id.encode()
     assert kafka.outbox.stats()["kafka"].pending == 0
+
+
+def test_kafka_record_too_large_is_dead_alone_and_the_others_are_written(
+    platform_config: Callable[[], PlatformConfig], delivery: Factory
+) -> None:
+    """One record over `message.max.bytes` used to mark the whole batch dead, also the
+    records produced before it (already in the topic) and those never tried after it."""
+    cfg = platform_config()
+    create_topics(cfg)
+    small = cfg.kafka.model_copy(update={"extra": {"message.max.bytes": 4_000}})
+    kafka = delivery(KafkaAlertSink(type="kafka"), kafka=small)
+    alerts = [make_alert(i) for i in range(6)]
+    alerts[2] = make_alert(2, explanation={"blob": "x" * 10_000})
+    kafka.enqueue(alerts)
+    report = kafka.dispatch_once()
+    assert (report.delivered, report.dead, report.retried) == (5, 1, 0)
+
+    records = read_all(cfg, cfg.kafka.topics.alerts.name, expected=5, timeout_s=30)
+    assert sorted(Alert.from_json(r.value).event_id for r in records) == sorted(
+        a.event_id for i, a in enumerate(alerts) if i != 2
+    )
+    [dead] = kafka.outbox.dead()
+    assert dead.event_id == alerts[2].event_id
+    assert "MSG_SIZE_TOO_LARGE" in (dead.last_error or "")
+    assert kafka.outbox.stats()["kafka"] == SinkStats(pending=0, delivered=5, dead=1)
+
+
+def small_queue_producer(kafka: KafkaConfig, flush_timeout_s: float) -> Producer:
+    """The alert producer with a 1 KiB local queue: a 12 KB record never fits in it."""
+    return make_producer(
+        kafka,
+        "alerts",
+        **{
+            "acks": "all",
+            "enable.idempotence": True,
+            "message.timeout.ms": int(flush_timeout_s * 1000),
+            "queue.buffering.max.kbytes": 1,
+        },
+    )
+
+
+def test_kafka_full_local_queue_is_retried_not_dead_and_blocks_no_other_alert(
+    platform_config: Callable[[], PlatformConfig], tmp_path: Path
+) -> None:
+    """A BufferError that draining the queue did not cure escaped `write` as a sink bug:
+    the batch was retried whole, records already written went out again, and the alerts
+    after it were not even tried. Now only that alert waits (retryable, never dead)."""
+    cfg = platform_config()
+    create_topics(cfg)
+    clock = ManualClock()
+    metrics = AlertMetrics(CollectorRegistry())
+    settings = AlertsConfig(sinks=[], retry_initial_s=1, retry_max_s=1)
+    sink = KafkaAlertWriter(
+        "kafka", KafkaAlertSink(type="kafka", flush_timeout_s=5), cfg.kafka, small_queue_producer
+    )
+    alerts = [make_alert(i) for i in range(5)]
+    alerts[1] = make_alert(1, explanation={"blob": "x" * 12_000})
+    with Outbox(tmp_path / "o.db", ["kafka"], clock=clock) as outbox:
+        dispatcher = Dispatcher(outbox, [sink], settings, metrics=metrics, clock=clock)
+        outbox.enqueue(alerts)
+        report = dispatcher.dispatch_once()
+        assert (report.delivered, report.retried, report.dead) == (4, 1, 0)
+        clock.advance(0.4)  # within that alert's backoff (0.5 s at least)
+        outbox.enqueue([make_alert(9)])
+        assert dispatcher.dispatch_once().delivered == 1, "the sink is not paused by one record"
+        assert outbox.stats()["kafka"] == SinkStats(pending=1, delivered=5, dead=0)
+        clock.advance(1)
+        report = dispatcher.dispatch_once()
+        assert (report.delivered, report.retried, report.dead) == (0, 1, 0)
+        sink.close()
+    records = read_all(cfg, cfg.kafka.topics.alerts.name, expected=5, timeout_s=30)
+    assert len({r.value for r in records}) == len(records) == 5, "nothing written twice"

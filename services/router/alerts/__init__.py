@@ -12,6 +12,7 @@ from services.router.alerts.errors import (
     AlertError,
     DeliveryError,
     HeldForGrouping,
+    PartialDelivery,
     SinkConfigurationError,
 )
 from services.router.alerts.metrics import AlertMetrics
@@ -28,6 +29,7 @@ __all__ = [
     "Dispatcher",
     "HeldForGrouping",
     "Outbox",
+    "PartialDelivery",
     "SinkConfigurationError",
     "SinkStats",
     "most_severe",

@@ -11,7 +11,10 @@ and written. Outcomes, recorded in the outbox per (alert, sink):
   alert, not only for this batch;
 * permanent `DeliveryError` (other 4xx), or failing for longer than `give_up_after_s`
   -> dead: logged, counted, kept in the outbox with status and message, retried only by
-  hand (`anomaly alerts retry-dead`).
+  hand (`anomaly alerts retry-dead`);
+* `PartialDelivery` -> the alerts it names get their own outcome as above, the others are
+  delivered. The sink pauses only when none got through: one bad record says nothing
+  about the receiver, so the others keep flowing while that one waits its backoff.
 
 Any other exception from a sink is a bug; it is logged and treated as retryable, so a bug
 delays alerts instead of dropping them.
@@ -45,7 +48,7 @@ from services.common.config.model import AlertsConfig, FeatureFlags
 from services.router.alerts.alert import Alert
 from services.router.alerts.backoff import Backoff
 from services.router.alerts.clock import Clock, system_clock
-from services.router.alerts.errors import DeliveryError, HeldForGrouping
+from services.router.alerts.errors import DeliveryError, HeldForGrouping, PartialDelivery
 from services.router.alerts.metrics import AlertMetrics
 from services.router.alerts.outbox import Outbox, OutboxEntry
 from services.router.alerts.sinks.base import AlertSink
@@ -180,22 +183,64 @@ class Dispatcher:
             return True
         except DeliveryError as exc:
             return self._failed(sink, group, exc, report)
+        except PartialDelivery as partial:
+            return self._partial(sink, group, partial, report)
         except Exception as exc:
             log.exception("alert sink %s raised unexpectedly; retrying later", sink.name)
             error = DeliveryError(f"sink bug: {exc!r}", status=None, retryable=True)
             return self._failed(sink, group, error, report)
-        self._outbox.mark_delivered(sink.name, ids)
+        self._delivered(sink, group, report)
+        return True
+
+    def _delivered(self, sink: AlertSink, group: list[OutboxEntry], report: DispatchReport) -> None:
+        if not group:
+            return
+        self._outbox.mark_delivered(sink.name, [e.alert_id for e in group])
         now = self._clock()
-        self._metrics.delivered.labels(sink.name).inc(len(ids))
+        self._metrics.delivered.labels(sink.name).inc(len(group))
         for entry in group:
             self._metrics.delivery_seconds.labels(sink.name).observe(
                 max(now - entry.enqueued_at, 0.0)
             )
-        report.delivered += len(ids)
-        return True
+        report.delivered += len(group)
+
+    def _partial(
+        self,
+        sink: AlertSink,
+        group: list[OutboxEntry],
+        partial: PartialDelivery,
+        report: DispatchReport,
+    ) -> bool:
+        """Record each alert's own outcome; False when the sink got paused."""
+        by_error: dict[int, tuple[DeliveryError, list[OutboxEntry]]] = {}
+        accepted: list[OutboxEntry] = []
+        for index, entry in enumerate(group):
+            exc = partial.failures.get(index)
+            if exc is None:
+                accepted.append(entry)
+            else:
+                by_error.setdefault(id(exc), (exc, []))[1].append(entry)
+        self._delivered(sink, accepted, report)
+        retry: list[OutboxEntry] = []
+        retry_exc: DeliveryError | None = None
+        for exc, entries in by_error.values():
+            if exc.retryable:
+                retry.extend(entries)
+                retry_exc = retry_exc or exc
+            else:
+                self._failed(sink, entries, exc, report)
+        if retry_exc is None:
+            return True
+        return self._failed(sink, retry, retry_exc, report, pause=not accepted)
 
     def _failed(
-        self, sink: AlertSink, group: list[OutboxEntry], exc: DeliveryError, report: DispatchReport
+        self,
+        sink: AlertSink,
+        group: list[OutboxEntry],
+        exc: DeliveryError,
+        report: DispatchReport,
+        *,
+        pause: bool = True,
     ) -> bool:
         now = self._clock()
         expired = [
@@ -230,7 +275,8 @@ class Dispatcher:
             self._given_up(sink, [e.alert for e in dead])
         attempts = max((e.attempts for e in group), default=0) + 1
         resume_at = now + self._backoff.delay(attempts, exc.retry_after_s)
-        self._paused_until[sink.name] = resume_at
+        if pause:
+            self._paused_until[sink.name] = resume_at
         if retry:
             self._outbox.mark_retry(
                 sink.name,
@@ -249,7 +295,7 @@ class Dispatcher:
             exc,
             extra={"sink": sink.name, "status": exc.status},
         )
-        return False
+        return not pause
 
     def _given_up(self, sink: AlertSink, alerts: list[Alert]) -> None:
         try:

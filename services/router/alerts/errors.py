@@ -7,6 +7,8 @@ in one place too (`DeliveryError.retryable`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from services.common.config import ConfigError
 
 
@@ -38,6 +40,23 @@ class DeliveryError(AlertError):
         self.status = status
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+
+
+class PartialDelivery(AlertError):
+    """Some alerts of a batch failed, each with its own error; every other one was accepted.
+
+    `failures` maps the index of each failed alert in the batch to its DeliveryError (one
+    object may stand for several). A sink that delivers record by record (Kafka) or can
+    split a batch (webhook, on 413) raises this instead of a DeliveryError, so that one bad
+    alert costs only itself: failing the whole batch marked dead alerts the receiver had
+    accepted or never seen, and sent the accepted ones again.
+    """
+
+    status_code = 207
+
+    def __init__(self, failures: Mapping[int, DeliveryError]) -> None:
+        super().__init__(f"{len(failures)} alert(s) of the batch not delivered")
+        self.failures = dict(failures)
 
 
 class HeldForGrouping(AlertError):

@@ -2,10 +2,10 @@
 
 The dispatcher owns batching, retries, backoff and bookkeeping; a sink only delivers a
 batch or raises. Raising `DeliveryError` fails the whole batch (the dispatcher retries or
-marks it dead by the error's status); raising `HeldForGrouping` defers it without counting
-an attempt. Sinks that need a finer batch than "everything due" (PagerDuty: one incident
-at a time) say so with `batch_key`, and time-driven work (PagerDuty resolves) goes in
-`tick`.
+marks it dead by the error's status); `PartialDelivery` fails only the alerts it names,
+each by its own error; raising `HeldForGrouping` defers it without counting an attempt.
+Sinks that need a finer batch than "everything due" (PagerDuty: one incident at a time)
+say so with `batch_key`, and time-driven work (PagerDuty resolves) goes in `tick`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class AlertSink(ABC):
 
     @abstractmethod
     def write(self, batch: Sequence[Alert]) -> None:
-        """Deliver every alert of `batch`, or raise DeliveryError / HeldForGrouping."""
+        """Deliver every alert of `batch`, or raise DeliveryError / PartialDelivery /
+        HeldForGrouping."""
 
     def batch_key(self, alert: Alert) -> str:
         """Alerts with equal keys are written together; by default one batch for all."""

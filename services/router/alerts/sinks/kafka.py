@@ -1,10 +1,11 @@
 """Alerts to the `alerts` topic: key = entity id, value = the alert's JSON.
 
-A batch counts as delivered only when every record is acknowledged by all in-sync
+An alert counts as delivered only when its record is acknowledged by all in-sync
 replicas (acks=all, idempotent producer, `flush`), because the outbox forgets a delivered
-alert. A batch that fails part-way is retried whole, so consumers of `alerts` see
-duplicates now and then and deduplicate by (`event_id`, `anomaly_type`), like every
-consumer in this at-least-once pipeline.
+alert. Records succeed or fail one by one (`PartialDelivery`); one that was written but
+not acknowledged in time is retried, so consumers of `alerts` see duplicates now and then
+and deduplicate by (`event_id`, `anomaly_type`), like every consumer in this
+at-least-once pipeline.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from services.common.config.model import AlertSinkConfig, KafkaAlertSink, KafkaConfig
 from services.common.kafka.clients import make_producer
 from services.router.alerts.alert import Alert
-from services.router.alerts.errors import DeliveryError
+from services.router.alerts.errors import DeliveryError, PartialDelivery
 from services.router.alerts.sinks.base import AlertSink, SinkContext
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,26 @@ class KafkaAlertWriter(AlertSink):
         return self._producer
 
     def write(self, batch: Sequence[Alert]) -> None:
-        """Produce every alert, flush, and raise unless every record was acknowledged."""
+        """Produce every alert, flush, and raise PartialDelivery for those not acknowledged.
+
+        Each record stands alone: one too large for the broker is dead by itself, and the
+        others are delivered rather than failed (or sent again) with it. A full local
+        queue (BufferError) is drained once and the record tried again; if it still does
+        not fit it is retried later, never dead, since the queue empties by itself.
+        """
         producer = self._ready_producer()
-        errors: list[KafkaError] = []
+        acked: set[int] = set()
+        errors: dict[int, KafkaError] = {}
+        queue_full: list[int] = []
+        produced: list[int] = []
 
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                errors.append(err)
+        def produce(index: int, alert: Alert) -> None:
+            def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+                if err is None:
+                    acked.add(index)
+                else:
+                    errors[index] = err
 
-        def produce(alert: Alert) -> None:
             producer.produce(
                 self._topic,
                 key=alert.entity_id.encode(),
@@ -109,30 +121,63 @@ class KafkaAlertWriter(AlertSink):
                 on_delivery=on_delivery,
             )
 
-        for alert in batch:
+        stuck = False  # draining did not make room: do not wait again for every record
+        for index, alert in enumerate(batch):
             try:
                 try:
-                    produce(alert)
-                except BufferError:  # local queue full: drain it, then once more
-                    producer.flush(self._cfg.flush_timeout_s)
-                    produce(alert)
+                    produce(index, alert)
+                except BufferError:
+                    if stuck:
+                        raise
+                    producer.flush(self._cfg.flush_timeout_s)  # drain it, then once more
+                    stuck = len(producer) > 0
+                    produce(index, alert)
+            except BufferError:
+                queue_full.append(index)
+                continue
             except KafkaException as exc:  # refused before sending (e.g. record too large)
-                errors.append(exc.args[0])
-                break
+                errors[index] = exc.args[0]
+                continue
+            produced.append(index)
             producer.poll(0)
-        remaining = producer.flush(self._cfg.flush_timeout_s)
-        if any(err.fatal() for err in errors):
+        producer.flush(self._cfg.flush_timeout_s)
+        if any(err.fatal() for err in errors.values()):
             log.error("alert producer hit a fatal error; a new one will be made")
             self._close_producer()
-        if errors:
-            raise _delivery_error(errors, self._topic)
-        if remaining:
-            raise DeliveryError(
-                f"{remaining} alert(s) not acknowledged by {self._topic} within "
+        unacked = [i for i in produced if i not in acked and i not in errors]
+        failures = self._failures(errors, queue_full, unacked)
+        if failures:
+            raise PartialDelivery(failures)
+
+    def _failures(
+        self, errors: dict[int, KafkaError], queue_full: list[int], unacked: list[int]
+    ) -> dict[int, DeliveryError]:
+        """One DeliveryError per cause, for the records it covers."""
+        failures: dict[int, DeliveryError] = {}
+        by_code: dict[int, list[int]] = {}
+        for index, err in errors.items():
+            by_code.setdefault(err.code(), []).append(index)
+        for indices in by_code.values():
+            exc = _delivery_error([errors[i] for i in indices], self._topic)
+            failures.update(dict.fromkeys(indices, exc))
+        if queue_full:
+            exc = DeliveryError(
+                f"{len(queue_full)} alert(s) not queued for {self._topic}: the producer's "
+                f"local queue was still full after {self._cfg.flush_timeout_s} s "
+                "(queue.buffering.max.messages / .kbytes)",
+                status=None,
+                retryable=True,
+            )
+            failures.update(dict.fromkeys(queue_full, exc))
+        if unacked:
+            exc = DeliveryError(
+                f"{len(unacked)} alert(s) not acknowledged by {self._topic} within "
                 f"{self._cfg.flush_timeout_s} s",
                 status=None,
                 retryable=True,
             )
+            failures.update(dict.fromkeys(unacked, exc))
+        return failures
 
     def _close_producer(self) -> None:
         if self._producer is not None:
