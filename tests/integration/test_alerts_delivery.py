@@ -449,6 +449,8 @@ class WebhookRecorder:
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.statuses: list[int] = []
+        self.max_body: int | None = None
+        """Bodies longer than this are answered 413, as a proxy's size limit would."""
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -456,6 +458,8 @@ class WebhookRecorder:
                 length = int(self.headers["Content-Length"])
                 body = self.rfile.read(length)
                 status = recorder.statuses.pop(0) if recorder.statuses else 200
+                if recorder.max_body is not None and length > recorder.max_body:
+                    status = 413
                 if status == 200:
                     recorder.bodies.append(orjson.loads(body))
                     recorder.headers.append(dict(self.headers))
@@ -494,6 +498,50 @@ def test_webhook_posts_batches_with_headers_and_retries_5xx(delivery: Factory) -
         [body] = recorder.bodies
         assert [Alert.model_validate(a) for a in body["alerts"]] == alerts
         assert recorder.headers[0]["Authorization"] == "Bearer t0k"
+    finally:
+        recorder.close()
+
+
+def test_webhook_413_splits_the_batch_and_refuses_only_the_alert_too_large_alone(
+    delivery: Factory, registry: CollectorRegistry
+) -> None:
+    """A 413 (body too large) used to mark the whole batch dead."""
+    recorder = WebhookRecorder()
+    try:
+        recorder.max_body = 1_500  # about three ordinary alerts
+        hook = delivery(WebhookSink(type="webhook", url=recorder.url))
+        alerts = [make_alert(i) for i in range(10)]
+        alerts[6] = make_alert(6, explanation={"blob": "x" * 3_000})
+        hook.enqueue(alerts)
+        report = hook.dispatch_once()
+        assert (report.delivered, report.dead, report.retried) == (9, 1, 0)
+        posted = [Alert.model_validate(a) for body in recorder.bodies for a in body["alerts"]]
+        assert sorted(a.event_id for a in posted) == sorted(
+            a.event_id for i, a in enumerate(alerts) if i != 6
+        ), "each delivered alert once"
+        [dead] = hook.outbox.dead()
+        assert (dead.event_id, dead.last_status) == (alerts[6].event_id, 413)
+        assert "alone is too large" in (dead.last_error or "")
+        assert sample(registry, "anomaly_alerts_failed_total", sink="webhook", outcome="dead") == 1
+    finally:
+        recorder.close()
+
+
+def test_webhook_failing_after_a_split_keeps_what_was_accepted(delivery: Factory) -> None:
+    recorder = WebhookRecorder()
+    try:
+        recorder.statuses = [413, 200, 503]  # whole batch, first half, second half
+        hook = delivery(WebhookSink(type="webhook", url=recorder.url))
+        hook.enqueue([make_alert(i) for i in range(4)])
+        report = hook.dispatch_once()
+        assert (report.delivered, report.retried, report.dead) == (2, 2, 0)
+        [body] = recorder.bodies
+        assert [a["event_id"] for a in body["alerts"]] == ["ev-acct-1-0", "ev-acct-1-1"]
+        wait_until(lambda: hook.dispatch_once().delivered == 2, timeout_s=5)
+        assert [a["event_id"] for a in recorder.bodies[1]["alerts"]] == [
+            "ev-acct-1-2",
+            "ev-acct-1-3",
+        ]
     finally:
         recorder.close()
 
