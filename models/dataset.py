@@ -112,6 +112,19 @@ class LabelledFeatures:
             digest.update(np.ascontiguousarray(arr).tobytes())
         return digest.hexdigest()
 
+    def events_per_s(self) -> float | None:
+        """Events per second of event time over the whole data set (None: no timestamps).
+
+        Recorded with every model because the count and rate features scale with it: a
+        model serves traffic of about this rate best (see `anomaly train --event-rate`).
+        """
+        if self.ts.size < 2:
+            return None
+        span_ms = int(self.ts.max()) - int(self.ts.min())
+        if span_ms <= 0:
+            return None
+        return round((self.ts.size - 1) * 1000.0 / span_ms, 1)
+
     def label_counts(self) -> dict[str, int]:
         """Rows per label, ALL_LABELS order, zero counts included."""
         counts = np.bincount(self.labels.astype(np.int64), minlength=len(ALL_LABELS))

@@ -251,6 +251,7 @@ def train_model(
             "hash": data.data_hash(),
             "source": source,
             "events": len(data),
+            "events_per_s": data.events_per_s(),
             "fit_events": len(split.fit),
             "holdout_events": len(holdout),
             "label_counts": data.label_counts(),

@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 import yaml
 
@@ -35,6 +36,9 @@ from services.common.config import PlatformConfig, dump_config, load_config  # n
 from services.common.kafka.clients import make_admin  # noqa: E402
 from services.common.kafka.topics import ensure_topics, pipeline_topics  # noqa: E402
 from services.router.alerts.pagerduty_receiver import ReceiverServer  # noqa: E402
+
+if TYPE_CHECKING:
+    from models.registry import Registry
 
 LOCAL_ROUTING_KEY = "local" * 6 + "ab"
 """32 characters, like a real Events API v2 integration key; only the local receiver sees it."""
@@ -194,6 +198,8 @@ def ensure_models(
     if not missing:
         found = ", ".join(f"{m.value} v{registry.resolve(m)}" for m in ModelName)
         log(f"models found in {registry.root}: {found}")
+        for warning in rate_mismatches(registry, cfg, event_rate):
+            log(f"warning: {warning}")
         return
     log(f"no registered {', '.join(missing)}: training on {events:,} generated events at "
         f"{event_rate:,.0f}/s (once)")  # fmt: skip
@@ -202,6 +208,36 @@ def ensure_models(
          "--events", str(events), "--event-rate", str(event_rate)],
         cwd=ROOT, check=True,
     )  # fmt: skip
+
+
+RATE_TOLERANCE: Final = 2.0
+"""How far (as a factor) a run's event rate may be from a model's training rate unwarned."""
+
+
+def rate_mismatches(registry: Registry, cfg: PlatformConfig, event_rate: float) -> list[str]:
+    """One line per serving model trained at an event rate far from this run's.
+
+    Why: the count and rate features scale with the event rate, so a model trained at
+    1,000 events/s takes ordinary traffic at 5,000/s for bursts; the summary's FPR then
+    looks like a model problem when it is a set-up one (seen: 2.5% instead of ~0.4%).
+    """
+    from services.common.model_names import ModelName
+
+    out = []
+    for name in ModelName:
+        version = registry.resolve_with_flags(name, cfg.flags)
+        trained = registry.metadata(name, version).get("training_data", {}).get("events_per_s")
+        if not isinstance(trained, int | float) or trained <= 0:
+            continue  # trained before the rate was recorded, or on data without timestamps
+        ratio = event_rate / trained
+        if ratio > RATE_TOLERANCE or ratio < 1 / RATE_TOLERANCE:
+            out.append(
+                f"{name.value} v{version} was trained on {trained:,.0f} events/s, this run "
+                f"streams {event_rate:,.0f}/s: the rate features differ, expect false "
+                f"positives (retrain with `anomaly train --event-rate {event_rate:g} "
+                f"--promote`, or run at --rate {trained:g})"
+            )
+    return out
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""The main job's check of the registered models against the traffic it is about to stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import local_platform
+import numpy as np
+
+from models.calibration import QuantileCalibrator
+from models.dataset import LabelledFeatures
+from models.metadata import feature_contract
+from models.registry import METADATA_FILE, Registry
+from services.common.config import PlatformConfig
+from services.common.config.model import FeatureFlags, ModelFlag
+from services.common.features.definition import FEATURE_NAMES
+from services.common.model_names import ModelName
+
+
+def _publish(registry: Registry, name: ModelName, events_per_s: float | None) -> str:
+    def stage(folder: Path, version: str) -> None:
+        meta = {
+            "version": version,
+            **feature_contract(),
+            "input": {"name": "features", "kind": "rows", "shape": [-1, len(FEATURE_NAMES)]},
+            "calibration": QuantileCalibrator.fit(np.arange(1000.0)).to_dict(),
+            "training_data": {"events": 1000, "events_per_s": events_per_s},
+        }
+        (folder / METADATA_FILE).write_text(json.dumps(meta))
+
+    return registry.publish(name, stage)
+
+
+def test_models_trained_at_another_event_rate_are_named_with_the_fix(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    for name in ModelName:
+        _publish(registry, name, 1_000.0)
+    _publish(registry, ModelName.XGBOOST, 5_000.0)  # v2, the latest, serves by default
+    config = PlatformConfig()
+    warned = local_platform.rate_mismatches(registry, config, 5_000.0)
+    assert [line.split()[0:2] for line in warned] == [
+        ["isolation_forest", "v1"],
+        ["transformer", "v1"],
+    ]
+    assert "--event-rate 5000" in warned[0] and "1,000 events/s" in warned[0]
+    slower = local_platform.rate_mismatches(registry, config, 1_500.0)
+    assert [line.split()[0:2] for line in slower] == [["xgboost", "v2"]]
+    # The version the flags pin is the one checked.
+    pinned = config.model_copy(
+        update={"flags": FeatureFlags(models={ModelName.XGBOOST: ModelFlag(version="1")})}
+    )
+    assert len(local_platform.rate_mismatches(registry, pinned, 5_000.0)) == 3
+    # Versions that recorded no rate (older ones, files without timestamps) say nothing.
+    bare = Registry(tmp_path / "bare")
+    for name in ModelName:
+        _publish(bare, name, None)
+    assert local_platform.rate_mismatches(bare, config, 50_000.0) == []
+
+
+def test_the_recorded_rate_is_events_per_second_of_event_time() -> None:
+    n = 5_000
+    data = LabelledFeatures(
+        matrix=np.zeros((n, len(FEATURE_NAMES)), np.float32),
+        labels=np.zeros(n, np.int8),
+        entity=np.zeros(n, np.int64),
+        ts=1_767_571_200_000 + np.arange(n, dtype=np.int64) * 4,  # one event per 4 ms
+    )
+    assert data.events_per_s() == 250.0
+    assert (
+        LabelledFeatures(data.matrix[:1], data.labels[:1], data.entity[:1]).events_per_s() is None
+    )
