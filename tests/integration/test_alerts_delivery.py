@@ -546,6 +546,47 @@ def test_webhook_failing_after_a_split_keeps_what_was_accepted(delivery: Factory
         recorder.close()
 
 
+def test_alerts_queued_for_a_sink_survive_a_second_sink_of_its_type_and_orphans_are_shown(
+    delivery: Factory, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Restarting with a second webhook used to rename the first to `webhook-1`: what was
+    queued for `webhook` was never delivered, and nothing said so."""
+    first, second = WebhookRecorder(), WebhookRecorder()
+    try:
+        before = delivery(WebhookSink(type="webhook", url=first.url))
+        before.enqueue([make_alert(1)])
+        before.close()  # restart with one more sink of the same type
+        after = delivery(
+            WebhookSink(type="webhook", url=first.url),
+            WebhookSink(type="webhook", url=second.url),
+        )
+        assert [s.name for s in after.sinks] == ["webhook", "webhook-2"]
+        after.enqueue([make_alert(2)])
+        assert after.dispatch_once().delivered == 3
+        assert [a["event_id"] for b in first.bodies for a in b["alerts"]] == [
+            "ev-acct-1-1",
+            "ev-acct-1-2",
+        ]
+        after.enqueue([make_alert(4)])
+        after.close()  # restart with the sinks renamed: alert 4 waits for names now gone
+
+        with caplog.at_level("WARNING", logger="services.router.alerts.delivery"):
+            renamed = delivery(WebhookSink(type="webhook", url=first.url, name="primary"))
+        renamed.enqueue([make_alert(3)])
+        renamed.dispatch_once()
+        assert any(
+            "1 pending and 0 dead alert(s) for sink 'webhook-2'" in r.getMessage()
+            for r in caplog.records
+        ), caplog.text
+        assert sample(registry, "anomaly_alerts_outbox_orphaned", sink="webhook-2") == 1
+        assert sample(registry, "anomaly_alerts_outbox_orphaned", sink="webhook") == 1
+        assert sample(registry, "anomaly_alerts_outbox_orphaned", sink="primary") == 0
+        assert renamed.outbox.stats()["webhook"].pending == 1, "kept, not dropped"
+    finally:
+        first.close()
+        second.close()
+
+
 # --------------------------------------------------------------------------- Kafka
 
 

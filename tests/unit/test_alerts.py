@@ -395,11 +395,23 @@ def test_sink_names_default_to_type_and_must_be_unique() -> None:
             PagerDutySink(type="pagerduty", name="pd-prod"),
         ]
     )
-    assert [n for n, _ in cfg.named_sinks()] == ["webhook-1", "webhook-2", "pd-prod"]
+    assert [n for n, _ in cfg.named_sinks()] == ["webhook", "webhook-2", "pd-prod"]
     with pytest.raises(ValidationError, match="unique"):
         AlertsConfig(
             sinks=[WebhookSink(type="webhook", url=url, name="x"), {"type": "kafka", "name": "x"}]
         )
+
+
+def test_adding_a_sink_of_a_type_keeps_the_name_of_the_first() -> None:
+    """A second sink of a type renamed the first (`pagerduty` -> `pagerduty-1`), and the
+    alerts queued for `pagerduty` in the outbox were delivered by nothing after a restart."""
+    first = PagerDutySink(type="pagerduty")
+    one = AlertsConfig(sinks=[first])
+    two = AlertsConfig(sinks=[first, PagerDutySink(type="pagerduty", url="http://pd2/v2")])
+    named_first = AlertsConfig(sinks=[PagerDutySink(type="pagerduty", name="pd-eu"), first])
+    assert [n for n, _ in one.named_sinks()] == ["pagerduty"]
+    assert [n for n, _ in two.named_sinks()] == ["pagerduty", "pagerduty-2"]
+    assert [n for n, _ in named_first.named_sinks()] == ["pd-eu", "pagerduty"]
 
 
 def test_resolve_cannot_come_before_the_grouping_window_ends() -> None:

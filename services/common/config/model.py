@@ -473,15 +473,21 @@ class AlertsConfig(Section):
         return self
 
     def named_sinks(self) -> list[tuple[str, AlertSinkConfig]]:
-        """Each sink with its stable name: `name:` if set, else its type (`webhook-2` when a
-        type is configured more than once). The outbox keys delivery state by this name."""
-        per_type = {s.type: sum(1 for o in self.sinks if o.type == s.type) for s in self.sinks}
+        """Each sink with its stable name: `name:` if set, else its type for the first
+        unnamed sink of that type and `<type>-2`, `<type>-3`, ... for later ones.
+
+        The outbox keys delivery state by this name, so adding a sink must not rename one
+        already there (the first was `pagerduty-1` once a second pagerduty sink was added,
+        and the alerts queued for `pagerduty` were left behind): append new sinks, or name
+        them."""
         seen: dict[str, int] = {}
         out: list[tuple[str, AlertSinkConfig]] = []
         for sink in self.sinks:
-            seen[sink.type] = seen.get(sink.type, 0) + 1
-            default = sink.type if per_type[sink.type] == 1 else f"{sink.type}-{seen[sink.type]}"
-            out.append((sink.name or default, sink))
+            if sink.name:
+                out.append((sink.name, sink))
+                continue
+            seen[sink.type] = nth = seen.get(sink.type, 0) + 1
+            out.append((sink.type if nth == 1 else f"{sink.type}-{nth}", sink))
         return out
 
 

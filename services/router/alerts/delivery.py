@@ -8,6 +8,7 @@ clear message instead of failing on the first alert.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from services.common.config.model import AlertsConfig, KafkaConfig
@@ -17,6 +18,30 @@ from services.router.alerts.dispatcher import Dispatcher, DispatchReport, FlagsS
 from services.router.alerts.metrics import AlertMetrics
 from services.router.alerts.outbox import Outbox
 from services.router.alerts.sinks import AlertSink, SinkContext, build_sinks
+
+log = logging.getLogger(__name__)
+
+
+def warn_of_orphans(outbox: Outbox, configured: Sequence[str]) -> None:
+    """Say which sink names the outbox still holds alerts for but no sink has any more.
+
+    Nothing delivers those alerts (a sink removed or renamed, or named `<type>-1` by a
+    version before names were stable); they are kept, not dropped, so that giving a sink
+    that `name:` again delivers them. The `anomaly_alerts_outbox_orphaned` gauge keeps
+    showing them after this one line at start.
+    """
+    for name, counts in sorted(outbox.stats(delivered=False).items()):
+        if name in configured or not (counts.pending or counts.dead):
+            continue
+        log.warning(
+            "the outbox holds %d pending and %d dead alert(s) for sink %r, which is not "
+            "configured: nothing delivers them until a sink is named %r again",
+            counts.pending,
+            counts.dead,
+            name,
+            name,
+            extra={"sink": name, "pending": counts.pending, "dead": counts.dead},
+        )
 
 
 class AlertDelivery:
@@ -61,6 +86,7 @@ class AlertDelivery:
         except BaseException:
             outbox.close()
             raise
+        warn_of_orphans(outbox, names)
         dispatcher = Dispatcher(outbox, sinks, alerts, metrics=metrics, clock=clock, flags=flags)
         return cls(outbox, sinks, dispatcher)
 

@@ -327,11 +327,14 @@ class Dispatcher:
             if self._killed
             else self._outbox.pending_of_entities(self._suppressed)
         )
-        for name in {s.name for s in self._sinks} | set(stats):
+        configured = {s.name for s in self._sinks}
+        for name in configured | set(stats):
             counts = stats.get(name)
             self._metrics.pending.labels(name).set(counts.pending if counts else 0)
             self._metrics.dead.labels(name).set(counts.dead if counts else 0)
             self._metrics.suppressed.labels(name).set(held.get(name, 0))
+            orphaned = counts.pending if counts and name not in configured else 0
+            self._metrics.orphaned.labels(name).set(orphaned)
 
     # ------------------------------------------------------------------ background thread
 

@@ -74,6 +74,13 @@ class AlertMetrics:
             ["sink"],
             registry=registry,
         )
+        self.orphaned = Gauge(
+            "anomaly_alerts_outbox_orphaned",
+            "Pending alerts of a sink name no longer configured: nothing delivers them until "
+            "a sink has that name again.",
+            ["sink"],
+            registry=registry,
+        )
         self.suppressed = Gauge(
             "anomaly_alerts_outbox_suppressed",
             "Pending alerts held back by the kill switch or entity suppression (flags); "
