@@ -94,6 +94,11 @@ class IngestMetrics:
             "Entity rows written to the online store.",
             registry=registry,
         )
+        self.online_write_retries = Counter(
+            "anomaly_ingest_online_write_retries_total",
+            "Online-store writes that failed and were retried (the store was unreachable).",
+            registry=registry,
+        )
         self.online_pending_entities = Gauge(
             "anomaly_ingest_online_pending_entities",
             "Entities whose latest row waits for the next online-store write.",

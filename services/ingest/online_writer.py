@@ -18,6 +18,12 @@ no sooner than d * (1 - f) / f later (3 d at f = 0.25), so the store falls at mo
 behind and each write covers that many more events per entity (merged, latest wins). A
 flush (checkpoint, shutdown) writes at once.
 
+A failed write is retried, with backoff, for `retry_for_s` (30 s by default): a Redis
+failover or restart takes seconds, and stopping the service for it would make every
+replica restore its state from the changelog at once. The rows of the failed write go back
+into the pending map (rows that arrived meanwhile are newer and win), nothing is committed
+past them, and only a store still failing after the window stops the service.
+
 Delivery: a row is durable when the write that contains it returned. `durable_seq` is the
 highest batch sequence number whose rows are all written; the service commits Kafka offsets
 only up to that batch, so "offsets after outputs are durable" still holds.
@@ -51,6 +57,11 @@ class OnlineSink(Protocol):
         """Write one row per entity in one batched call."""
 
 
+RETRY_FOR_S = 30.0
+"""Default time a failing online store is retried before the service stops."""
+_FIRST_BACKOFF_S = 0.1
+_MAX_BACKOFF_S = 5.0
+
 MAX_BUSY_FRACTION = 0.25
 """Default bound on the share of time the writer spends writing (see the module docstring)."""
 
@@ -69,9 +80,15 @@ class CoalescingOnlineWriter:
         *,
         min_interval_s: float = 0.5,
         max_busy_fraction: float = MAX_BUSY_FRACTION,
+        retry_for_s: float = RETRY_FOR_S,
     ) -> None:
         if not 0 < max_busy_fraction <= 1:
             raise ValueError(f"max_busy_fraction must be in (0, 1], got {max_busy_fraction}")
+        if retry_for_s < 0:
+            raise ValueError(f"retry_for_s must be >= 0, got {retry_for_s}")
+        self._retry_for_s = retry_for_s
+        self._failing_since: float | None = None
+        self._failures = 0
         self._sink = sink
         self._metrics = metrics
         self._min_interval_s = min_interval_s
@@ -169,6 +186,37 @@ class CoalescingOnlineWriter:
             self._lock.notify_all()
         self._thread.join(30)
 
+    def _retry_later(
+        self, batch: dict[str, tuple[int, npt.NDArray[np.float32]]], exc: Exception
+    ) -> bool:
+        """Put a failed write's rows back and wait out the backoff; False once the retry
+        window is spent (the caller then stops the service)."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failing_since >= self._retry_for_s:
+            return False
+        self._failures += 1
+        delay = min(_FIRST_BACKOFF_S * 2 ** (self._failures - 1), _MAX_BACKOFF_S)
+        log.warning(
+            "online store write failed (%s: %s); retry %d in %.1f s, nothing is committed "
+            "past these rows meanwhile",
+            type(exc).__name__, exc, self._failures, delay,
+        )  # fmt: skip
+        self._metrics.online_write_retries.inc()
+        with self._lock:
+            pending = self._pending
+            for entity, row in batch.items():
+                newer = pending.get(entity)
+                if newer is None or newer[0] < row[0]:
+                    pending[entity] = row
+            self._writing = False
+            self._metrics.online_pending_entities.set(len(pending))
+            deadline = now + delay
+            while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
+                self._lock.wait(remaining)
+        return True
+
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise OnlineWriteError(f"online store write failed: {self._error}") from self._error
@@ -200,6 +248,18 @@ class CoalescingOnlineWriter:
                 ts = np.fromiter((batch[e][0] for e in entities), dtype=np.int64, count=len(batch))
                 matrix = np.stack([batch[e][1] for e in entities])
                 self._sink.write_latest(entities, ts, matrix)
+            except Exception as exc:
+                if self._retry_later(batch, exc):
+                    continue
+                log.exception(
+                    "online store write failed for %.0f s; stopping before any commit past it",
+                    self._retry_for_s,
+                )
+                with self._lock:
+                    self._error = exc
+                    self._writing = False
+                    self._lock.notify_all()
+                return
             except BaseException as exc:
                 log.exception("online store write failed")
                 with self._lock:
@@ -207,6 +267,9 @@ class CoalescingOnlineWriter:
                     self._writing = False
                     self._lock.notify_all()
                 return
+            if self._failing_since is not None:
+                log.info("online store write succeeded again after %d retries", self._failures)
+                self._failing_since, self._failures = None, 0
             elapsed = time.perf_counter() - started
             last_write = time.monotonic()
             self._interval_s = max(self._min_interval_s, elapsed * self._idle_per_busy)

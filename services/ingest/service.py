@@ -112,7 +112,10 @@ class IngestService:
         self.metrics = metrics or IngestMetrics()
         self.online = (
             CoalescingOnlineWriter(
-                online_sink, self.metrics, min_interval_s=ing.online_write_interval_s
+                online_sink,
+                self.metrics,
+                min_interval_s=ing.online_write_interval_s,
+                retry_for_s=ing.online_write_retry_s,
             )
             if online_sink is not None
             else None

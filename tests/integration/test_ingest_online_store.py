@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from local_process import free_port
 from local_redis import LocalRedis
 from prometheus_client import CollectorRegistry
 
@@ -98,3 +100,68 @@ def test_latest_row_of_every_entity_lands_in_the_online_store(config: PlatformCo
         expected = reference[last_event[entity]]
         np.testing.assert_allclose(row[PER_EVENT], expected[PER_EVENT], rtol=1e-6)
     assert np.isnan(reader.read(["never-seen"])).all()
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_redis_restart_is_waited_out_and_nothing_is_committed_past_it(
+    platform_config: Callable[[], PlatformConfig], tmp_path: Path
+) -> None:
+    """Redis went away for a few seconds (a failover, a pod restart): the service used to stop
+    at the first refused write; it now keeps the rows, commits nothing past them, and
+    writes them when Redis is back."""
+    server = LocalRedis(port=free_port(), home=tmp_path / "redis", wipe_on_exit=True)
+    cfg = platform_config()
+    project = f"t{uuid.uuid4().hex[:10]}"
+    feast = FeastConfig.model_validate(
+        {
+            "repo_path": str(Path(__file__).resolve().parents[2] / "feature_repo"),
+            "project": project,
+            "registry_path": str(tmp_path / "registry.db"),
+            "online_store": RedisOnlineStore(
+                type="redis", connection_string=f"127.0.0.1:{server.port}"
+            ).model_dump(),
+        }
+    )
+    ingest = IngestConfig(
+        group_id=f"{project}-ingest",
+        batch_max_events=200,
+        batch_timeout_ms=50,
+        online_write_interval_s=0.2,
+        checkpoint_interval_s=0.5,
+        ops_port=0,
+    )
+    cfg = cfg.model_copy(update={"feast": feast, "ingest": ingest})
+    create_topics(cfg)
+    topics = cfg.kafka.topics
+    events = make_events(3_000, entities=30)
+    first, second = events[:1_500], events[1_500:]
+
+    def committed() -> dict[int, int]:
+        return committed_offsets(cfg, ingest.group_id, topics.events.name)
+
+    with server:
+        produce(cfg, topics.events.name, encoded(first))
+        with RunningWithStore(cfg) as service:
+            read_all(cfg, topics.features.name, expected=len(first))
+            _wait(lambda: committed() == end_offsets(cfg, topics.events.name), "first commit")
+            server.stop()
+            produce(cfg, topics.events.name, encoded(second))
+            read_all(cfg, topics.features.name, expected=len(events))  # Kafka side goes on
+            _wait(lambda: service.metrics.online_write_retries._value.get() >= 2, "retries")
+            assert service.live()[0], service.live()
+            assert sum(committed().values()) == len(first), "committed past unwritten rows"
+            server.start()
+            _wait(lambda: committed() == end_offsets(cfg, topics.events.name), "last commit")
+        reference = offline_features(events)
+        last_event = {e["entity_id"]: e["event_id"] for e in events}
+        entities = sorted(last_event)
+        stored = OnlineFeatureReader(open_store(cfg.feast), cfg.feast).read(entities)
+    for entity, row in zip(entities, stored, strict=True):
+        expected = reference[last_event[entity]]
+        np.testing.assert_allclose(row[PER_EVENT], expected[PER_EVENT], rtol=1e-6)

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.ingest.metrics import IngestMetrics
-from services.ingest.online_writer import CoalescingOnlineWriter
+from services.ingest.online_writer import CoalescingOnlineWriter, OnlineWriteError
 
 
 class TimedSink:
@@ -100,3 +100,60 @@ def test_newest_event_time_wins_ties_go_to_the_later_row(use_groups: bool) -> No
 def test_busy_fraction_must_be_a_fraction() -> None:
     with pytest.raises(ValueError, match="max_busy_fraction"):
         writer(TimedSink(0.0), max_busy_fraction=0.0)
+
+
+class FlakySink(TimedSink):
+    """An online store that refuses its first `failures` writes (a Redis restart)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(0.0)
+        self.failures = failures
+        self.refused = threading.Event()
+
+    def write_latest(
+        self,
+        entity_ids: Sequence[str],
+        event_ts_ms: npt.NDArray[np.int64],
+        matrix: npt.NDArray[np.float32],
+    ) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            self.refused.set()
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        super().write_latest(entity_ids, event_ts_ms, matrix)
+
+
+def _row(value: float) -> npt.NDArray[np.float32]:
+    return np.array([[value]], dtype=np.float32)
+
+
+def test_a_store_that_fails_for_a_while_is_retried_and_nothing_is_durable_meanwhile() -> None:
+    sink = FlakySink(failures=3)
+    metrics = IngestMetrics(CollectorRegistry())
+    w = CoalescingOnlineWriter(sink, metrics, min_interval_s=0.0, retry_for_s=10.0)
+    try:
+        w.add(0, ["a", "b"], np.array([1, 1], np.int64), np.array([[1.0], [1.0]], np.float32))
+        assert sink.refused.wait(5)
+        assert w.durable_seq == -1  # the failed rows are not durable
+        w.add(1, ["a"], np.array([2], np.int64), _row(2.0))  # newer than the failed one
+        assert w.flush(timeout_s=10) == 1
+    finally:
+        w.close()
+    assert sink.rows == {"a": (2, 2.0), "b": (1, 1.0)}
+    assert metrics.online_write_retries._value.get() == 3
+
+
+def test_a_store_still_failing_after_the_retry_window_stops_the_writer() -> None:
+    sink = FlakySink(failures=1_000)
+    w = writer(sink, min_interval_s=0.0, retry_for_s=0.3)
+    try:
+        w.add(0, ["a"], np.array([1], np.int64), _row(1.0))
+        started = time.monotonic()
+        with pytest.raises(OnlineWriteError, match="Connection refused"):
+            w.flush(timeout_s=10)
+        assert 0.3 <= time.monotonic() - started < 5
+        with pytest.raises(OnlineWriteError):
+            _ = w.durable_seq
+    finally:
+        w.close()
+    assert sink.rows == {}

@@ -572,6 +572,9 @@ class IngestConfig(Section):
     """Least time between two online-store writes. Rows of entities touched meanwhile are
     merged (latest wins), so the store is written per distinct entity, not per event; offsets
     are committed when the write that covers their batch returned."""
+    online_write_retry_s: float = Field(default=30.0, ge=0, le=3600)
+    """How long a failing online store is retried (rows kept, nothing committed past them)
+    before the service stops: long enough for a Redis failover or restart."""
     ops_host: str = "127.0.0.1"
     """Address of the health/metrics HTTP server (0.0.0.0 in a pod)."""
     ops_port: int = Field(default=9100, ge=0, le=65_535)
