@@ -56,11 +56,17 @@ def run_router(
     """
     if not doors:
         run_router_stream(
-            config, ops_host=config.router.host, ops_port=config.router.http_port,
-            group_id=group_id,
+            config, config_path, ops_host=config.router.host,
+            ops_port=config.router.http_port, group_id=group_id,
         )  # fmt: skip
         return
     _run_loop(_serve_doors(config, config_path, stream, group_id))
+
+
+def _delivery(config: PlatformConfig, live: LiveConfig) -> AlertDelivery:
+    """The alert outbox and sinks, reading the flags in force on every pass: the kill switch
+    and entity suppression then also hold alerts queued before they were set."""
+    return AlertDelivery.from_config(config.alerts, config.kafka, flags=lambda: live.get().flags)
 
 
 def _stream_scorer(
@@ -114,7 +120,7 @@ async def _serve_doors(
     scorer: StreamScorer | None = None
     thread: threading.Thread | None = None
     if stream:
-        delivery = AlertDelivery.from_config(config.alerts, config.kafka)
+        delivery = _delivery(config, live)
         delivery.start()
         scorer = _stream_scorer(config, live, metrics, delivery, group_id)
         thread = threading.Thread(target=scorer.run, name="stream-door", daemon=True)
@@ -195,15 +201,19 @@ def _readers(config: PlatformConfig) -> tuple[Any, Any]:
 
 def run_router_stream(
     config: PlatformConfig,
+    config_path: Path | None = None,
     *,
     ops_host: str = "127.0.0.1",
     ops_port: int = 9200,
     group_id: str = "anomaly-router",
 ) -> None:
-    """The stream door with alert delivery, until SIGTERM/SIGINT."""
+    """The stream door with alert delivery, until SIGTERM/SIGINT; flags and vote settings
+    in `config_path` are hot-reloaded as with the doors."""
+    from services.router.config_reload import ConfigReloader
+
     live = LiveConfig(config)
     metrics = RouterMetrics()
-    delivery = AlertDelivery.from_config(config.alerts, config.kafka)
+    delivery = _delivery(config, live)
     delivery.start()
     scorer = _stream_scorer(config, live, metrics, delivery, group_id)
 
@@ -211,6 +221,11 @@ def run_router_stream(
         return (scorer.error is None, scorer.error or "ok")
 
     ops = OpsServer(ops_host, ops_port, live=live_check, ready=scorer.ready).start()
+    reloader = (
+        ConfigReloader(config_path, live, metrics, config.router.reload_interval_s).start()
+        if config_path is not None
+        else None
+    )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})
@@ -223,12 +238,15 @@ def run_router_stream(
     thread.start()
     log.info(
         "router streaming",
-        extra={"features": config.kafka.topics.features.name, "ops_port": ops.port},
-    )
+        extra={"features": config.kafka.topics.features.name, "ops_port": ops.port,
+               "config_watch": str(config_path) if config_path else None},
+    )  # fmt: skip
     try:
         while thread.is_alive():
             thread.join(0.5)
     finally:
+        if reloader is not None:
+            reloader.stop()
         delivery.stop()
         delivery.close()
         ops.stop()

@@ -232,3 +232,52 @@ def test_kill_9_mid_stream_loses_nothing_and_commits_only_what_was_decided(
         d = orjson.loads(r.value)
         by_event.setdefault(d["event_id"], set()).add(d["model_scores"]["xgboost"])
     assert all(len(v) == 1 for v in by_event.values())
+
+
+def test_a_flag_change_in_the_file_takes_effect_without_a_restart(
+    platform_config: Callable[[], PlatformConfig],
+    model_server: ModelServer,
+    feature_records: list[tuple[bytes, bytes]],
+    tmp_path: Path,
+) -> None:
+    """The doorless stream router used to read its configuration once: a rollback or a
+    threshold change in the ConfigMap waited for a restart."""
+    import urllib.request
+
+    cfg = platform_config()
+    topics = cfg.kafka.topics
+    create_topics(cfg)
+    config = router_config(cfg, model_server, tmp_path)
+    log = tmp_path / "router.log"
+    proc = start_router(config, log)
+    data = yaml.safe_load(config.read_text())
+    metrics_url = f"http://127.0.0.1:{data['router']['http_port']}/metrics"
+
+    def reloads_applied() -> float:
+        try:
+            with urllib.request.urlopen(metrics_url, timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return -1.0
+        for line in text.splitlines():
+            if line.startswith('anomaly_router_config_reloads_total{outcome="applied"}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    try:
+        deadline = time.monotonic() + 60
+        while reloads_applied() < 0:  # the ops server answers once the router is up
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        data["ensemble"]["strategy"] = "weighted"
+        config.write_text(yaml.safe_dump(data))
+        while reloads_applied() < 1:
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        produce(cfg, topics.features.name, feature_records[:500])
+        scores = read_all(cfg, topics.scores.name, 500, timeout_s=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    assert {orjson.loads(r.value)["strategy"] for r in scores} == {"weighted"}
+    assert "ensemble.strategy: 'cascade' -> 'weighted'" in log.read_text()
