@@ -62,15 +62,21 @@ def alerts_outbox(
     def _run() -> None:
         from services.router.alerts.outbox import Outbox
 
+        cfg = load_config(config)
         path = _outbox_path(config)
+        configured = {name for name, _ in cfg.alerts.named_sinks()}
         with Outbox(path) as outbox:
             stats = outbox.stats()
             entries = outbox.dead(limit=dead) if dead else []
         if not stats:
             typer.echo(f"{path}: empty")
         for sink, s in sorted(stats.items()):
+            orphan = ""
+            if sink not in configured and (s.pending or s.dead):
+                orphan = f"  NOT CONFIGURED: `anomaly alerts reassign {sink} <sink>` hands these on"
             typer.echo(
                 f"{sink:<24} pending={s.pending:<8} delivered={s.delivered:<8} dead={s.dead}"
+                f"{orphan}"
             )
         for e in entries:
             when = datetime.fromtimestamp(e.updated_at, tz=UTC).isoformat(timespec="seconds")
@@ -96,5 +102,36 @@ def alerts_retry_dead(
         with Outbox(path) as outbox:
             count = outbox.retry_dead(sink)
         typer.echo(f"{count} alert deliveries pending again (the running router picks them up)")
+
+    run_guarded(_run)
+
+
+@alerts_app.command("reassign")
+def alerts_reassign(
+    old: Annotated[str, typer.Argument(help="Sink name no longer configured.")],
+    new: Annotated[str, typer.Argument(help="Configured sink that takes its alerts.")],
+    config: ConfigOption = None,
+) -> None:
+    """Hand the undelivered alerts of a renamed or removed sink to a configured one."""
+
+    def _run() -> None:
+        from services.router.alerts.outbox import Outbox
+
+        cfg = load_config(config)
+        configured = sorted(name for name, _ in cfg.alerts.named_sinks())
+        if new not in configured:
+            raise UserError(
+                f"{new!r} is not a configured sink (alerts.sinks: {', '.join(configured)})"
+            )
+        if old in configured:
+            raise UserError(f"{old!r} is still configured: its own dispatcher delivers its alerts")
+        path = _outbox_path(config)
+        with Outbox(path) as outbox:
+            moved, left = outbox.reassign(old, new)
+        typer.echo(
+            f"{moved} alert deliveries of {old} handed to {new} (the running router picks "
+            "them up)"
+            + (f"; {left} left under {old}: {new} already has a delivery for them" if left else "")
+        )
 
     run_guarded(_run)

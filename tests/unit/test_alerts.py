@@ -467,3 +467,39 @@ def test_receiver_command_documents_its_options() -> None:
     result = CliRunner().invoke(cli(), ["pagerduty-receiver", "--help"])
     assert result.exit_code == 0
     assert "--port" in result.output and "/v2/enqueue" in result.output
+
+
+def test_alerts_of_a_sink_no_longer_configured_can_be_handed_to_another(tmp_path: Path) -> None:
+    outbox_path = tmp_path / "outbox.db"
+    config = tmp_path / "platform.yaml"
+    config.write_text(
+        f"alerts:\n  outbox_path: {outbox_path}\n  sinks:\n    - type: kafka\n      name: bus\n"
+    )
+    with Outbox(outbox_path, ["old-bus"]) as outbox:
+        outbox.enqueue([make_alert(i) for i in range(4)])
+        due = outbox.due("old-bus", limit=10)
+        outbox.mark_delivered("old-bus", [due[0].alert_id])
+        outbox.mark_dead("old-bus", [due[1].alert_id], status=413, error="too large")
+        outbox.mark_retry("old-bus", [due[2].alert_id], next_attempt_at=1e12, status=500,
+                          error="later")  # fmt: skip
+        outbox.state_put("old-bus", "incident", "open")
+    with Outbox(outbox_path, ["old-bus", "bus"]) as outbox:
+        outbox.enqueue([make_alert(9)])  # queued for both names while both were configured
+
+    shown = CliRunner().invoke(cli(), ["alerts", "outbox", "-c", str(config)])
+    assert "old-bus" in shown.output and "NOT CONFIGURED" in shown.output
+
+    refused = CliRunner().invoke(cli(), ["alerts", "reassign", "bus", "old-bus", "-c", str(config)])
+    assert refused.exit_code == 2 and "not a configured sink" in refused.output
+    moved = CliRunner().invoke(cli(), ["alerts", "reassign", "old-bus", "bus", "-c", str(config)])
+    assert moved.exit_code == 0, moved.output
+    assert moved.output.startswith("3 ") and "1 left under old-bus" in moved.output
+
+    with Outbox(outbox_path) as outbox:
+        stats = outbox.stats()
+        assert stats["bus"].pending == 3 and stats["bus"].dead == 1  # 2 moved + its own
+        assert stats["old-bus"].delivered == 1 and stats["old-bus"].pending == 1
+        due = outbox.due("bus", limit=10)
+        assert sorted(e.alert.event_id for e in due) == ["ev-2", "ev-3", "ev-9"]
+        assert all(e.attempts == 0 for e in due), "moved alerts start afresh"
+        assert outbox.state_load("bus") == {"incident": "open"}

@@ -27,7 +27,8 @@ def warn_of_orphans(outbox: Outbox, configured: Sequence[str]) -> None:
 
     Nothing delivers those alerts (a sink removed or renamed, or named `<type>-1` by a
     version before names were stable); they are kept, not dropped, so that giving a sink
-    that `name:` again delivers them. The `anomaly_alerts_outbox_orphaned` gauge keeps
+    that `name:` again delivers them (or `anomaly alerts reassign` hands them to another
+    sink). The `anomaly_alerts_outbox_orphaned` gauge keeps
     showing them after this one line at start.
     """
     for name, counts in sorted(outbox.stats(delivered=False).items()):
@@ -35,9 +36,11 @@ def warn_of_orphans(outbox: Outbox, configured: Sequence[str]) -> None:
             continue
         log.warning(
             "the outbox holds %d pending and %d dead alert(s) for sink %r, which is not "
-            "configured: nothing delivers them until a sink is named %r again",
+            "configured: nothing delivers them until a sink is named %r again, or "
+            "`anomaly alerts reassign %s <sink>` hands them to a configured one",
             counts.pending,
             counts.dead,
+            name,
             name,
             name,
             extra={"sink": name, "pending": counts.pending, "dead": counts.dead},

@@ -448,6 +448,39 @@ class Outbox:
                 listener()
         return count
 
+    def reassign(self, old: str, new: str) -> tuple[int, int]:
+        """Hand the undelivered alerts of sink name `old` to sink `new`; returns (moved,
+        left): `left` counts alerts that already have a delivery for `new`, which stay as
+        they are under `old`.
+
+        For a sink renamed or removed from the configuration: its rows would otherwise wait
+        for a sink that no longer exists. Pending rows start afresh (no attempts), dead ones
+        stay dead (`retry_dead` makes them pending); the sink's durable state (PagerDuty's
+        open incidents) moves too, unless `new` has its own. Delivered rows stay as history.
+        """
+        if old == new:
+            raise ValueError("reassigning a sink to itself")
+        now = self._clock()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE OR IGNORE deliveries SET sink = ?, attempts ="
+                " CASE state WHEN 'pending' THEN 0 ELSE attempts END,"
+                " first_failure_at = CASE state WHEN 'pending' THEN NULL ELSE first_failure_at"
+                " END, next_attempt_at = ?, updated_at = ?"
+                " WHERE sink = ? AND state IN ('pending', 'dead')",
+                (new, now, now, old),
+            )
+            moved = cur.rowcount
+            (left,) = conn.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE sink = ? AND state IN ('pending', 'dead')",
+                (old,),
+            ).fetchone()
+            conn.execute("UPDATE OR IGNORE sink_state SET sink = ? WHERE sink = ?", (new, old))
+        if moved:
+            for listener in self._listeners:
+                listener()
+        return moved, int(left)
+
     # ------------------------------------------------------------------ sink state
 
     def state_for(self, sink: str) -> SinkStateStore:
