@@ -337,6 +337,22 @@ def _read_table(path: Path, fmt: str) -> dict[str, list[Any]]:
     return columns
 
 
+def check_table_columns(
+    table: str, names: Iterable[str], required: set[str], allowed: frozenset[str], expected: str
+) -> None:
+    """TrainingDataError naming the missing or unknown columns of `table` (a file's table,
+    as the message should call it): a misspelt column must not pass as an absent one."""
+    present = set(names)
+    missing = sorted(required - present)
+    if missing:
+        raise TrainingDataError(f"{table} lacks column(s): {', '.join(missing)}")
+    extra = sorted(present - allowed)
+    if extra:
+        raise TrainingDataError(
+            f"{table} has unknown column(s): {', '.join(extra)} (expected {expected})"
+        )
+
+
 def read_labels(path: Path) -> dict[str, str]:
     """event_id -> label of a labels file (JSONL, Parquet or CSV)."""
     fmt = _format(path)
@@ -348,16 +364,10 @@ def read_labels(path: Path) -> dict[str, str]:
         columns = _read_table(path, fmt)
     except (OSError, ValueError) as exc:
         raise TrainingDataError(f"{path}: cannot read labels: {exc}") from None
-    names = set(columns)
-    missing = sorted({"event_id", "label"} - names)
-    if missing:
-        raise TrainingDataError(f"{path}: labels table lacks column(s): {', '.join(missing)}")
-    extra = sorted(names - LABEL_COLUMNS)
-    if extra:
-        raise TrainingDataError(
-            f"{path}: labels table has unknown column(s): {', '.join(extra)} "
-            "(expected event_id, label, optional entity_id and ts)"
-        )
+    check_table_columns(
+        f"{path}: labels table", columns, {"event_id", "label"}, LABEL_COLUMNS,
+        "event_id, label, optional entity_id and ts",
+    )  # fmt: skip
     event_ids, values = columns["event_id"], columns["label"]
     if any(v is None for v in event_ids) or any(v is None for v in values):
         raise TrainingDataError(f"{path}: labels table has empty event_id or label cells")

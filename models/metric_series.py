@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from models.dataset import LabelledFeatures, features_from_events
+from models.dataset import LabelledFeatures, check_table_columns, features_from_events
 from models.errors import TrainingDataError
 from models.progress import Progress, silent
 from models.scoring import ModelScorer, score_stream
@@ -84,16 +84,10 @@ def read_metric_series(paths: Sequence[Path]) -> list[Event]:
 
 def _metric_events(path: Path, reader: csv.DictReader[str]) -> Iterator[Event]:
     """The validated events of one metrics table, or TrainingDataError naming the row."""
-    columns = set(reader.fieldnames or ())
-    missing = sorted({"timestamp", "value"} - columns)
-    if missing:
-        raise TrainingDataError(f"{path}: metrics table lacks column(s): {', '.join(missing)}")
-    extra = sorted(columns - _ALLOWED)
-    if extra:
-        raise TrainingDataError(
-            f"{path}: metrics table has unknown column(s): {', '.join(extra)} "
-            "(expected timestamp, value and optionally entity_id)"
-        )
+    check_table_columns(
+        f"{path}: metrics table", reader.fieldnames or (), {"timestamp", "value"}, _ALLOWED,
+        "timestamp, value and optionally entity_id",
+    )  # fmt: skip
     for line, row in enumerate(reader, start=2):
         where = f"{path}, line {line}"
         try:

@@ -31,21 +31,11 @@ from tests.integration.test_ingest import PER_EVENT, Running, encoded, make_even
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def config(
-    request: pytest.FixtureRequest,
-    platform_config: Callable[[], PlatformConfig],
-    tmp_path: Path,
+def store_config(
+    cfg: PlatformConfig, tmp_path: Path, online: dict[str, object], **ingest: float
 ) -> PlatformConfig:
-    cfg = platform_config()
+    """`cfg` writing a private Feast project on `online`, with small ingest batches."""
     project = f"t{uuid.uuid4().hex[:10]}"
-    if request.param == "redis":
-        server: LocalRedis = request.getfixturevalue("redis_server")
-        online: dict[str, object] = RedisOnlineStore(
-            type="redis", connection_string=f"127.0.0.1:{server.port}"
-        ).model_dump()
-    else:
-        online = {"type": "sqlite", "path": str(tmp_path / "online.db")}
     feast = FeastConfig.model_validate(
         {
             "repo_path": str(Path(__file__).resolve().parents[2] / "feature_repo"),
@@ -54,16 +44,35 @@ def config(
             "online_store": online,
         }
     )
-    ingest = IngestConfig(
+    settings = IngestConfig(
         group_id=f"{project}-ingest",
         batch_max_events=200,
         batch_timeout_ms=50,
         online_write_interval_s=0.2,
         ops_port=0,
+        **ingest,
     )
-    cfg = cfg.model_copy(update={"feast": feast, "ingest": ingest})
-    create_topics(cfg)
-    return cfg
+    out = cfg.model_copy(update={"feast": feast, "ingest": settings})
+    create_topics(out)
+    return out
+
+
+def redis_store(port: int) -> dict[str, object]:
+    return RedisOnlineStore(type="redis", connection_string=f"127.0.0.1:{port}").model_dump()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def config(
+    request: pytest.FixtureRequest,
+    platform_config: Callable[[], PlatformConfig],
+    tmp_path: Path,
+) -> PlatformConfig:
+    if request.param == "redis":
+        server: LocalRedis = request.getfixturevalue("redis_server")
+        online = redis_store(server.port)
+    else:
+        online = {"type": "sqlite", "path": str(tmp_path / "online.db")}
+    return store_config(platform_config(), tmp_path, online)
 
 
 class RunningWithStore(Running):
@@ -116,28 +125,10 @@ def test_a_redis_restart_is_waited_out_and_nothing_is_committed_past_it(
     at the first refused write; it now keeps the rows, commits nothing past them, and
     writes them when Redis is back."""
     server = LocalRedis(port=free_port(), home=tmp_path / "redis", wipe_on_exit=True)
-    cfg = platform_config()
-    project = f"t{uuid.uuid4().hex[:10]}"
-    feast = FeastConfig.model_validate(
-        {
-            "repo_path": str(Path(__file__).resolve().parents[2] / "feature_repo"),
-            "project": project,
-            "registry_path": str(tmp_path / "registry.db"),
-            "online_store": RedisOnlineStore(
-                type="redis", connection_string=f"127.0.0.1:{server.port}"
-            ).model_dump(),
-        }
+    cfg = store_config(
+        platform_config(), tmp_path, redis_store(server.port), checkpoint_interval_s=0.5
     )
-    ingest = IngestConfig(
-        group_id=f"{project}-ingest",
-        batch_max_events=200,
-        batch_timeout_ms=50,
-        online_write_interval_s=0.2,
-        checkpoint_interval_s=0.5,
-        ops_port=0,
-    )
-    cfg = cfg.model_copy(update={"feast": feast, "ingest": ingest})
-    create_topics(cfg)
+    ingest = cfg.ingest
     topics = cfg.kafka.topics
     events = make_events(3_000, entities=30)
     first, second = events[:1_500], events[1_500:]
