@@ -21,6 +21,7 @@ Every problem is raised as `TrainingDataError` naming the file, the row and the 
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -287,6 +288,8 @@ def iter_event_file(path: Path, batch_rows: int = FILE_BATCH_ROWS) -> Iterator[l
             batch: list[Event] = []
             for line_no, line in enumerate(fh, start=1):
                 raw = line.strip()
+                if line_no == 1:
+                    raw = raw.removeprefix(codecs.BOM_UTF8)  # an editor's byte-order mark
                 if not raw:
                     continue
                 try:

@@ -21,6 +21,7 @@ would be rejected for the same reason.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
 import re
@@ -212,6 +213,8 @@ class EventSource:
         with self.path.open("rb") as fh:
             for line_no, line in enumerate(fh, start=1):
                 raw = line.strip()
+                if line_no == 1:
+                    raw = raw.removeprefix(codecs.BOM_UTF8)  # an editor's byte-order mark
                 batch.rows += 1
                 try:
                     batch.events.append(parse_event(raw))

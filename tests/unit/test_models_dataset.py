@@ -174,3 +174,12 @@ def test_one_class_only_is_refused_for_xgboost(stream: tuple[list[bytes], dict[s
     unlabelled = builder.build(None)
     with pytest.raises(TrainingDataError, match="supervised"):
         train_all(unlabelled, TrainSettings(models=(ModelName.XGBOOST,)))
+
+
+def test_a_byte_order_mark_before_a_training_jsonl_file_is_read_as_such(tmp_path: Path) -> None:
+    from models.dataset import iter_event_file
+
+    path = tmp_path / "events.jsonl"
+    line = b'{"event_id":"e1","entity_id":"a","ts":1767571200000,"kind":"payment","amount":1.0}'
+    path.write_bytes(b"\xef\xbb\xbf" + line + b"\n")
+    assert [e["event_id"] for batch in iter_event_file(path) for e in batch] == ["e1"]

@@ -69,6 +69,15 @@ def test_jsonl_bad_lines_are_rejects_with_the_validator_reason(tmp_path: Path) -
     assert got.rejects[2].field == "amount" and got.rejects[3].field == "colour"
 
 
+def test_a_byte_order_mark_before_the_first_jsonl_line_is_not_a_reject(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + f"{json.dumps(_payment(0))}\n{json.dumps(_payment(1))}\n".encode()
+    )
+    got = _read(EventSource(path))
+    assert [e["event_id"] for e in got.events] == ["p0", "p1"] and got.rejects == []
+
+
 def test_parquet_rows_validated_with_nulls_as_absent_and_a_label_column(tmp_path: Path) -> None:
     rows = [
         {**_payment(0), "quantity": None, "label": None},
