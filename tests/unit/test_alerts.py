@@ -295,7 +295,9 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/hook"
 
 
-def test_unreachable_sink_is_retried_then_given_up_and_kept_dead(tmp_path: Path) -> None:
+def test_unreachable_sink_is_retried_then_given_up_and_kept_dead(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = ManualClock()
     cfg = AlertsConfig(
         sinks=[WebhookSink(type="webhook", url=closed_port_url(), timeout_s=1)],
@@ -313,7 +315,14 @@ def test_unreachable_sink_is_retried_then_given_up_and_kept_dead(tmp_path: Path)
         assert delivery.dispatch_once().retried == 0, "paused until the backoff ends"
         for _ in range(10):
             clock.advance(4)
+            caplog.clear()
             delivery.dispatch_once()
+            if delivery.outbox.stats()["webhook"].dead:
+                break
+        # The pass that gave up says so, and does not also promise a retry.
+        said = [r.getMessage() for r in caplog.records]
+        assert any("refused 1 alert(s) for good" in m for m in said), said
+        assert not any("retrying in" in m for m in said), said
         assert delivery.outbox.stats()["webhook"].dead == 1
         [dead] = delivery.outbox.dead()
         assert dead.last_status is None and "gave up" in (dead.last_error or "")

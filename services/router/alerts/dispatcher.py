@@ -287,14 +287,15 @@ class Dispatcher:
             )
             self._metrics.failed.labels(sink.name, "retry").inc(len(retry))
             report.retried += len(retry)
-        log.warning(
-            "alert sink %s failed (attempt %d), retrying in %.2f s: %s",
-            sink.name,
-            attempts,
-            resume_at - now,
-            exc,
-            extra={"sink": sink.name, "status": exc.status},
-        )
+        if retry:  # else the error above already said these alerts were given up
+            log.warning(
+                "alert sink %s failed (attempt %d), retrying in %.2f s: %s",
+                sink.name,
+                attempts,
+                resume_at - now,
+                exc,
+                extra={"sink": sink.name, "status": exc.status},
+            )
         return not pause
 
     def _given_up(self, sink: AlertSink, alerts: list[Alert]) -> None:
