@@ -162,6 +162,7 @@ async def _serve_doors(
             lifespan="off",
         )
     )
+    _keep_shutdown_after_serve()
     try:
         await server.serve()  # returns on SIGTERM/SIGINT
     finally:
@@ -179,6 +180,24 @@ async def _serve_doors(
         log.info("router stopped", extra={"decisions": scorer.decisions if scorer else 0})
     if scorer is not None and scorer.error is not None:
         raise RuntimeError(scorer.error)
+
+
+def _stop_signal_seen(signum: int, _frame: FrameType | None) -> None:
+    log.info("stopping", extra={"signal": signal.Signals(signum).name})
+
+
+def _keep_shutdown_after_serve() -> None:
+    """Make SIGTERM/SIGINT handlers ours before uvicorn takes them over.
+
+    uvicorn's `Server.serve` captures the stop signals and, once it has closed its sockets,
+    restores the handlers it found and raises each captured signal again. With Python's
+    default SIGTERM handler that ends the process on the spot: the stream door never
+    committed its last batches, never left the consumer group (the next router waited out
+    the 45 s session timeout before it got partitions), and alert delivery was not stopped.
+    With this handler the re-raised signal is only logged and the shutdown below runs.
+    """
+    signal.signal(signal.SIGTERM, _stop_signal_seen)
+    signal.signal(signal.SIGINT, _stop_signal_seen)
 
 
 def _readers(config: PlatformConfig) -> tuple[Any, Any]:

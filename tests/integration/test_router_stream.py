@@ -281,3 +281,34 @@ def test_a_flag_change_in_the_file_takes_effect_without_a_restart(
         assert proc.wait(60) == 0, log.read_text()[-3000:]
     assert {orjson.loads(r.value)["strategy"] for r in scores} == {"weighted"}
     assert "ensemble.strategy: 'cascade' -> 'weighted'" in log.read_text()
+
+
+def test_the_router_with_its_doors_stops_cleanly_on_sigterm(
+    stream: tuple[PlatformConfig, Path], tmp_path: Path
+) -> None:
+    """uvicorn re-raised SIGTERM after closing its sockets and Python's default handler ended
+    the process there: no last commit, no leaving the consumer group (the next router waited
+    out the session timeout, ~30 s without decisions in the main job's second run)."""
+    cfg, config = stream
+    data = yaml.safe_load(config.read_text())
+    data["router"]["grpc_port"] = free_port()
+    config.write_text(yaml.safe_dump(data))
+    topics = cfg.kafka.topics
+    log = tmp_path / "router.log"
+    group = f"{config.parent.name}-router"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "router", "-c", str(config),
+         "--group-id", group],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        scores = read_all(cfg, topics.scores.name, EVENTS, timeout_s=120)
+        assert len(scores) == EVENTS, log.read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, log.read_text()[-3000:]
+    assert '"msg":"router stopped"' in log.read_text()
+    assert committed_offsets(cfg, group, topics.features.name) == end_offsets(
+        cfg, topics.features.name
+    ), "the shutdown commits every scored batch"
