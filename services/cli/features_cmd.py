@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import math
+from typing import Annotated, Any
 
 import typer
 
@@ -12,6 +13,25 @@ from services.cli.options import ConfigOption
 from services.common.config import load_config
 
 features_app = typer.Typer(help="Feature store and feature stream.", no_args_is_help=True)
+
+
+def _json_value(value: Any) -> Any:
+    """`value` with its non-finite floats made JSON: NaN is null, infinities are strings.
+
+    `json.dumps` writes NaN and Infinity as bare tokens that jq, orjson and browsers refuse.
+    NaN is how the store reads back a missing value, so it becomes null (as in the router's
+    `/features` answer); an infinity is a stored value, kept apart from a missing one as
+    "Infinity" / "-Infinity" (which `float()` reads back).
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
+
+
+def _dumps(value: Any, indent: int | None = None) -> str:
+    return json.dumps(_json_value(value), indent=indent, allow_nan=False)
 
 
 @features_app.command("apply")
@@ -45,7 +65,7 @@ def features_get(entity_id: str, config: ConfigOption = None) -> None:
             raise UserError(str(exc)) from None
         if row is None:
             raise UserError(f"no online features for entity {entity_id!r}")
-        typer.echo(json.dumps(row, indent=2))
+        typer.echo(_dumps(row, indent=2))
 
     run_guarded(_run)
 
@@ -86,7 +106,7 @@ def features_tail(
                 for msg in consumer.consume(num_messages=count - printed, timeout=0.5):
                     if msg.error() is None:
                         value = msg.value() or b""
-                        typer.echo(json.dumps(feature_message_as_json(msg.key(), value)))
+                        typer.echo(_dumps(feature_message_as_json(msg.key(), value)))
                         printed += 1
         finally:
             consumer.close()

@@ -1,0 +1,105 @@
+"""`anomaly features ...` through Typer, against a real SQLite online store in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from services.cli.features_cmd import features_app
+from services.common.config import load_config
+from services.common.feast_store import OnlineFeatureWriter, open_store
+from services.common.features.definition import FEATURE_NAMES
+from services.common.features.messages import encode_feature_messages
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+T0_MS = 1_700_000_000_000
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.add_typer(features_app, name="features")
+    return app
+
+
+def _strict_json(text: str) -> object:
+    """Parse as any JSON consumer would: NaN and Infinity are not JSON."""
+
+    def refuse(token: str) -> object:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A platform configuration whose store files land in tmp_path (the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "platform.yaml"
+    path.write_text(f"feast:\n  repo_path: {REPO_ROOT / 'feature_repo'}\n")
+    return path
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(_app(), ["features", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_get_prints_json_for_missing_and_infinite_values(config: Path) -> None:
+    assert _invoke("apply", "-c", str(config))[0] == 0
+    cfg = load_config(config).feast
+    row = np.arange(len(FEATURE_NAMES), dtype=np.float32).reshape(1, -1)
+    row[0, :3] = [np.nan, np.inf, -np.inf]
+    OnlineFeatureWriter(open_store(cfg), cfg).write_latest(
+        ["acct-1"], np.array([T0_MS], dtype=np.int64), row
+    )
+
+    code, out, err = _invoke("get", "acct-1", "-c", str(config))
+    assert code == 0, err
+    got = _strict_json(out)
+    assert isinstance(got, dict)
+    assert list(got) == list(FEATURE_NAMES)
+    assert got[FEATURE_NAMES[0]] is None  # the store's missing value
+    assert [got[FEATURE_NAMES[1]], got[FEATURE_NAMES[2]]] == ["Infinity", "-Infinity"]
+    assert got[FEATURE_NAMES[3]] == 3.0
+
+
+def test_tail_prints_json_lines_for_missing_and_infinite_values(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    topic = f"t{uuid.uuid4().hex[:10]}.features"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+    row = np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32)
+    row[0, :3] = [np.nan, np.inf, -np.inf]
+    (value,) = encode_feature_messages(
+        ["ev-1"], np.array([T0_MS], dtype=np.int64), T0_MS, np.array([False]), row
+    )
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, key=b"acct-1", value=value)
+    assert producer.flush(30) == 0
+    config = tmp_path / "platform.yaml"
+    config.write_text(
+        f"kafka:\n  bootstrap_servers: {kafka_bootstrap}\n"
+        f"  topics:\n    features: {{name: {topic}}}\n"
+    )
+
+    code, out, err = _invoke("tail", "--count", "1", "--timeout", "20", "-c", str(config))
+    assert code == 0, err
+    (line,) = out.splitlines()
+    got = _strict_json(line)
+    assert isinstance(got, dict)
+    assert got["entity_id"] == "acct-1"
+    features = got["features"]
+    assert [features[n] for n in FEATURE_NAMES[:3]] == [None, "Infinity", "-Infinity"]
