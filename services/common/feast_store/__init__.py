@@ -22,6 +22,7 @@ from services.common.feast_store.definitions import (  # noqa: E402
 )
 from services.common.feast_store.errors import (  # noqa: E402
     FeatureStoreError,
+    FeatureStoreMisconfigured,
     FeatureStoreNotApplied,
     FeatureStoreUnavailable,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "PUSH_SOURCE_NAME",
     "FeastDefinitions",
     "FeatureStoreError",
+    "FeatureStoreMisconfigured",
     "FeatureStoreNotApplied",
     "FeatureStoreUnavailable",
     "OnlineFeatureReader",

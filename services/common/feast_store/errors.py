@@ -31,6 +31,15 @@ class FeatureStoreUnavailable(FeatureStoreError):
     http_status = 503
 
 
+class FeatureStoreMisconfigured(FeatureStoreError):
+    """The store configuration can never work (e.g. a Redis connection string without port).
+
+    Raised when the store is built, at start-up: Feast only parses the connection string at
+    the first read or write, where the mistake would surface as a KeyError or TypeError on
+    every request instead of one message naming the setting. Retrying does not help.
+    """
+
+
 class FeatureStoreNotApplied(FeatureStoreError):
     """The registry lacks our feature view, or holds one with other fields.
 

@@ -14,6 +14,7 @@ Feast repo directory instead, so they are made absolute here before Feast sees t
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from services.common.feast_store.definitions import (
 )
 from services.common.feast_store.errors import (
     FeatureStoreError,
+    FeatureStoreMisconfigured,
     FeatureStoreNotApplied,
     FeatureStoreUnavailable,
     redact,
@@ -61,6 +63,53 @@ def _redis_connection_string(connection_string: str) -> str:
     present = {part.split("=", 1)[0] for part in connection_string.split(",") if "=" in part}
     extra = [f"{k}={v}" for k, v in REDIS_CLIENT_DEFAULTS.items() if k not in present]
     return ",".join([connection_string, *extra])
+
+
+def check_redis_connection_string(connection_string: str) -> None:
+    """Refuse what Feast's parser would turn into a KeyError or TypeError at the first read.
+
+    Feast splits the string at commas: parts without `=` are `host:port` nodes (a plain
+    Redis uses the first), the others become keyword arguments of `redis.Redis` after
+    `json.loads` of the value. Nothing is checked until a read or write creates the client.
+    """
+    # Only the offending part is shown: a misspelt option may be a password's.
+    what = "feast.online_store.connection_string"
+    parts = connection_string.split(",")
+    nodes = [part for part in parts if "=" not in part]
+    if not nodes or not nodes[0]:
+        raise FeatureStoreMisconfigured(f"{what} must start with the Redis server's host:port")
+    for node in nodes:
+        host, _, port = node.partition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise FeatureStoreMisconfigured(
+                f"{what}: {node!r} is not host:port "
+                "(a port from 1 to 65535; IPv6 literals are not supported by Feast)"
+            )
+    try:
+        import redis
+    except ImportError:  # build_repo_config says which extra to install
+        return
+    known = set(inspect.signature(redis.Redis.__init__).parameters) - {"self", "host", "port"}
+    for part in parts:
+        if "=" not in part:
+            continue
+        name, _, raw = part.partition("=")
+        if name not in known:
+            raise FeatureStoreMisconfigured(
+                f"{what}: unknown option {name!r} "
+                "(options are keyword arguments of redis.Redis, e.g. db, password, ssl)"
+            )
+        if name == "db" and not raw.isdigit():
+            raise FeatureStoreMisconfigured(f"{what}: db must be a database number, got {raw!r}")
+        if name in ("socket_timeout", "socket_connect_timeout") and raw != "null":
+            try:
+                valid = float(raw) > 0
+            except ValueError:
+                valid = False
+            if not valid:
+                raise FeatureStoreMisconfigured(
+                    f"{what}: {name} must be seconds or null, got {raw!r}"
+                )
 
 
 def describe_online_store(config: RepoConfig) -> str:
@@ -118,6 +167,8 @@ def render_feature_store_yaml(cfg: FeastConfig, root: Path | None = None) -> str
 def build_repo_config(cfg: FeastConfig, root: Path | None = None) -> RepoConfig:
     """Feast's `RepoConfig` for `cfg`; `repo_path` is the Feast repo directory."""
     base = (root or Path.cwd()).resolve()
+    if isinstance(cfg.online_store, RedisOnlineStore):
+        check_redis_connection_string(cfg.online_store.connection_string)
     with translate_errors(_describe(cfg, base)):
         config = RepoConfig(**repo_config_dict(cfg, base))
         # Validating the online store config imports its module, so a missing extra
