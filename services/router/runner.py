@@ -114,6 +114,22 @@ async def _serve_doors(
     from services.router.grpc_door import create_grpc_server
     from services.router.rest import create_app
 
+    # The stop signals are ours from the start: uvicorn's `serve` captures them, restores the
+    # handlers it found when its sockets are closed and raises each signal again; with
+    # Python's default SIGTERM handler the process ended there (no last commit, the group
+    # not left: the next router waited out the 45 s session timeout). A signal before
+    # `serve` runs (the doors still starting) must stop it too.
+    stop_signals: list[int] = []
+    servers: list[Any] = []
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop_signals.append(signum)
+        for running in servers:
+            running.should_exit = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     live = LiveConfig(config)
     metrics = RouterMetrics()
     delivery: AlertDelivery | None = None
@@ -162,9 +178,10 @@ async def _serve_doors(
             lifespan="off",
         )
     )
-    _keep_shutdown_after_serve()
+    servers.append(server)
     try:
-        await server.serve()  # returns on SIGTERM/SIGINT
+        if not stop_signals:
+            await server.serve()  # returns on SIGTERM/SIGINT
     finally:
         if scorer is not None and thread is not None:
             scorer.stop()
@@ -180,24 +197,6 @@ async def _serve_doors(
         log.info("router stopped", extra={"decisions": scorer.decisions if scorer else 0})
     if scorer is not None and scorer.error is not None:
         raise RuntimeError(scorer.error)
-
-
-def _stop_signal_seen(signum: int, _frame: FrameType | None) -> None:
-    log.info("stopping", extra={"signal": signal.Signals(signum).name})
-
-
-def _keep_shutdown_after_serve() -> None:
-    """Make SIGTERM/SIGINT handlers ours before uvicorn takes them over.
-
-    uvicorn's `Server.serve` captures the stop signals and, once it has closed its sockets,
-    restores the handlers it found and raises each captured signal again. With Python's
-    default SIGTERM handler that ends the process on the spot: the stream door never
-    committed its last batches, never left the consumer group (the next router waited out
-    the 45 s session timeout before it got partitions), and alert delivery was not stopped.
-    With this handler the re-raised signal is only logged and the shutdown below runs.
-    """
-    signal.signal(signal.SIGTERM, _stop_signal_seen)
-    signal.signal(signal.SIGINT, _stop_signal_seen)
 
 
 def _readers(config: PlatformConfig) -> tuple[Any, Any]:
