@@ -340,6 +340,53 @@ def test_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
     assert read_error.value.http_status == 503
 
 
+@pytest.mark.parametrize(
+    ("server_args", "answer"),
+    [
+        (("--maxmemory", "1", "--maxmemory-policy", "noeviction"), "command not allowed when"),
+        (
+            ("--replicaof", "127.0.0.1", "1"),
+            "You can't write against a read only replica",
+        ),  # a replica: how a failover starts
+    ],
+    ids=["out-of-memory", "read-only-replica"],
+)
+def test_a_redis_that_refuses_writes_is_a_clear_error(
+    tmp_path: Path, server_args: tuple[str, ...], answer: str
+) -> None:
+    """The server is up but answers with an error: our 503 error, not redis-py's own
+    ResponseError (a router door turned that into a 500 with a traceback)."""
+    server = LocalRedis(
+        port=free_port(), home=tmp_path / "redis", extra_args=server_args, progress=None
+    )
+    cfg = FeastConfig(
+        repo_path=str(REPO_ROOT / "feature_repo"),
+        online_store=RedisOnlineStore(type="redis", connection_string=f"127.0.0.1:{server.port}"),
+    )
+    with server:
+        server.start()
+        apply(cfg, tmp_path)
+        writer = OnlineFeatureWriter(open_store(cfg, tmp_path), cfg)
+        with pytest.raises(FeatureStoreUnavailable, match=f"refused the command: {answer}") as e:
+            writer.write_latest(["x"], np.array([T0_MS], dtype=np.int64), _matrix(1))
+    assert "pipeline" not in str(e.value)  # not the binary command redis-py quotes first
+
+
+def test_a_redis_db_the_server_lacks_is_a_clear_error(
+    tmp_path: Path, redis_server: LocalRedis
+) -> None:
+    cfg = FeastConfig(
+        repo_path=str(REPO_ROOT / "feature_repo"),
+        online_store=RedisOnlineStore(
+            type="redis", connection_string=f"127.0.0.1:{redis_server.port},db=99"
+        ),
+    )
+    apply(cfg, tmp_path)
+    reader = OnlineFeatureReader(open_store(cfg, tmp_path), cfg)
+    with pytest.raises(FeatureStoreUnavailable, match="DB index is out of range"):
+        reader.read_one("x")
+
+
 def test_missing_redis_extra_names_the_install_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,6 +256,20 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
+_PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+
+
+def _redis_refusals() -> tuple[type[BaseException], ...]:
+    """Errors the server answers with: READONLY (a replica after a failover), OOM, a `db`
+    the server does not have. A store-side state, not a bug of the caller: a door should
+    answer 503 like for an unreachable server, not 500 with a traceback."""
+    try:
+        import redis.exceptions
+    except ImportError:
+        return ()
+    return (redis.exceptions.ResponseError,)
+
+
 def _find_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -290,6 +305,10 @@ def translate_exception(exc: BaseException, where: str) -> FeatureStoreError | N
         return FeatureStoreUnavailable(f"{where}: {exc}")
     if isinstance(exc, _redis_errors()):
         return FeatureStoreUnavailable(f"{where} is unreachable: {exc}")
+    if isinstance(exc, _redis_refusals()):
+        # A pipeline's error quotes the whole command first: binary keys and values.
+        answer = _PIPELINE_PREFIX.sub("", str(exc))
+        return FeatureStoreUnavailable(f"{where} refused the command: {answer}")
     return None
 
 
