@@ -103,3 +103,13 @@ def test_tail_prints_json_lines_for_missing_and_infinite_values(
     assert got["entity_id"] == "acct-1"
     features = got["features"]
     assert [features[n] for n in FEATURE_NAMES[:3]] == [None, "Infinity", "-Infinity"]
+
+
+def test_apply_where_the_store_folder_cannot_be_made_is_one_error_line(config: Path) -> None:
+    (config.parent / "var").write_text("")  # a file where var/feast/ has to go
+
+    code, _out, err = _invoke("apply", "-c", str(config))
+    assert code == 2
+    assert err.startswith("error: sqlite online store at ")
+    assert "Not a directory" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -303,6 +303,10 @@ def translate_exception(exc: BaseException, where: str) -> FeatureStoreError | N
                 f"({exc})"
             )
         return FeatureStoreUnavailable(f"{where}: {exc}")
+    if isinstance(exc, OSError):
+        # The store's folder or registry file cannot be made or written (read-only mount,
+        # a file where a folder should be): a deployment problem the message must name.
+        return FeatureStoreUnavailable(f"{where}: {exc}")
     if isinstance(exc, _redis_errors()):
         return FeatureStoreUnavailable(f"{where} is unreachable: {exc}")
     if isinstance(exc, _redis_refusals()):
