@@ -113,3 +113,20 @@ def test_apply_where_the_store_folder_cannot_be_made_is_one_error_line(config: P
     assert err.startswith("error: sqlite online store at ")
     assert "Not a directory" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["apply", "get"])
+def test_a_registry_cut_short_is_one_error_line_saying_what_to_do(
+    config: Path, command: str
+) -> None:
+    """Feast rewrites the registry in place; a killed apply leaves the first bytes only."""
+    assert _invoke("apply", "-c", str(config))[0] == 0
+    registry = config.parent / "var" / "feast" / "registry.db"
+    registry.write_bytes(registry.read_bytes()[:100])
+
+    args = ["get", "acct-1"] if command == "get" else ["apply"]
+    code, _out, err = _invoke(*args, "-c", str(config))
+    assert code == 2
+    assert err.startswith(f"error: the Feast registry {registry} is not a readable registry")
+    assert "delete it and run `anomaly features apply`" in err
+    assert len(err.strip().splitlines()) == 1

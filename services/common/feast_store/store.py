@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.errors import FeastExtrasDependencyImportError, FeatureViewNotFoundException
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from services.common.config.model import FeastConfig, RedisOnlineStore, SqliteOnlineStore
 from services.common.feast_store.definitions import (
@@ -201,7 +202,10 @@ def apply(cfg: FeastConfig, root: Path | None = None) -> FeastDefinitions:
     store = open_store(cfg, root)
     definitions = build_definitions()
     with translate_errors(describe_online_store(store.config)):
-        store.apply(definitions.all())
+        try:
+            store.apply(definitions.all())
+        except DecodeError as exc:
+            raise _unreadable_registry(store, exc) from exc
         if isinstance(cfg.online_store, SqliteOnlineStore):
             enable_sqlite_wal(Path(store.config.online_store.path))
     logger.info("applied feast project %s (%s)", cfg.project, describe_online_store(store.config))
@@ -225,6 +229,16 @@ def enable_sqlite_wal(db_path: Path) -> None:
         logger.warning("sqlite online store %s stays in %s journal mode", db_path, mode)
 
 
+def _unreadable_registry(store: FeatureStore, exc: DecodeError) -> FeatureStoreNotApplied:
+    """Feast rewrites the registry file in place (truncate, then write), so an apply that was
+    killed half-way leaves a file no later apply can read either: only removing it helps."""
+    path = store.config.registry.path
+    return FeatureStoreNotApplied(
+        f"the Feast registry {path} is not a readable registry (cut short by an interrupted "
+        f"apply?): delete it and run `anomaly features apply` ({exc})"
+    )
+
+
 def registered_feature_view(store: FeatureStore, cfg: FeastConfig) -> FeatureView:
     """Our feature view as the registry holds it, checked against FEATURE_NAMES.
 
@@ -233,6 +247,8 @@ def registered_feature_view(store: FeatureStore, cfg: FeastConfig) -> FeatureVie
     """
     try:
         view = store.get_feature_view(FEATURE_VIEW_NAME)
+    except DecodeError as exc:
+        raise _unreadable_registry(store, exc) from exc
     except FeatureViewNotFoundException:
         raise FeatureStoreNotApplied(
             f"feature view {FEATURE_VIEW_NAME!r} is not in the Feast registry "
