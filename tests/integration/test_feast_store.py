@@ -242,6 +242,22 @@ def test_unknown_entities_give_nan_rows_and_none(
     assert reader.read([]).shape == (0, N_FEATURES)
 
 
+def test_ids_that_are_not_utf8_read_as_unknown(
+    writer: OnlineFeatureWriter, reader: OnlineFeatureReader
+) -> None:
+    """A lone surrogate (undecodable argv bytes, a JSON "\\udcff" escape) cannot be a stored
+    key; reading one must not fail the other ids of the batch (nor the CLI: a traceback)."""
+    m = _matrix(1)
+    writer.write_latest(["known"], np.array([T0_MS], dtype=np.int64), m)
+
+    got, event_ts = reader.read_with_event_ts(["\udcff", "known", "a\ud800b"])
+    assert np.isnan(got[[0, 2]]).all()
+    np.testing.assert_array_equal(got[1], m[0])
+    assert event_ts.tolist()[0::2] == [-1, -1]
+    assert reader.read_one("\udcff") is None
+    assert np.isnan(reader.read(["\udcff"])).all()
+
+
 def test_event_time_is_stored_per_entity(
     writer: OnlineFeatureWriter, reader: OnlineFeatureReader, backend: str
 ) -> None:

@@ -45,6 +45,14 @@ def _key(entity_id: str) -> EntityKeyProto:
     return EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=entity_id)])
 
 
+def _encodable(entity_id: str) -> bool:
+    try:
+        entity_id.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _floats(values: dict[str, ValueProto]) -> list[float]:
     """Feature values in FEATURE_NAMES order; a null (or absent) value becomes NaN."""
     out: list[float] = []
@@ -88,14 +96,27 @@ class OnlineFeatureReader:
 
     def _read_rows(self, entity_ids: Sequence[str]) -> list[StoredRow]:
         try:
-            rows: list[StoredRow] = self._online_read(
-                self._store.config, self._view, [_key(e) for e in entity_ids]
-            )
+            keys = [_key(e) for e in entity_ids]
+        except UnicodeEncodeError:
+            return self._read_rows_of_storable(entity_ids)
+        try:
+            rows: list[StoredRow] = self._online_read(self._store.config, self._view, keys)
         except Exception as exc:
             ours = translate_exception(exc, self._where)
             if ours is None:
                 raise
             raise ours from exc
+        return rows
+
+    def _read_rows_of_storable(self, entity_ids: Sequence[str]) -> list[StoredRow]:
+        """Rows where ids with a lone surrogate (not UTF-8: undecodable bytes of a command
+        line, or a JSON `\\ud800` escape) are unknown, as no write could store them."""
+        storable = [i for i, e in enumerate(entity_ids) if _encodable(e)]
+        rows: list[StoredRow] = [(None, None)] * len(entity_ids)
+        if storable:
+            read = self._read_rows([entity_ids[i] for i in storable])
+            for i, row in zip(storable, read, strict=True):
+                rows[i] = row
         return rows
 
     def read(self, entity_ids: Sequence[str]) -> npt.NDArray[np.float32]:
