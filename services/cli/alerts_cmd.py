@@ -16,7 +16,7 @@ import typer
 
 from services.cli.errors import UserError, run_guarded
 from services.cli.options import ConfigOption
-from services.common.config import load_config
+from services.common.config import PlatformConfig, load_config
 from services.common.logging_setup import configure_logging
 
 alerts_app = typer.Typer(
@@ -44,12 +44,17 @@ def pagerduty_receiver(
     run_guarded(_run)
 
 
-def _outbox_path(config: Path | None) -> Path:
+def _outbox_path(cfg: PlatformConfig) -> Path:
     """The configured outbox file; inspecting must not create an empty one by mistake."""
-    path = Path(load_config(config).alerts.outbox_path)
+    path = Path(cfg.alerts.outbox_path)
     if not path.exists():
         raise UserError(f"no outbox at {path} (alerts.outbox_path); has the router run here?")
     return path
+
+
+def _sink_names(cfg: PlatformConfig) -> set[str]:
+    """The sink names the router delivers to (its outbox rows are keyed by them)."""
+    return {name for name, _ in cfg.alerts.named_sinks()}
 
 
 @alerts_app.command("outbox")
@@ -63,8 +68,8 @@ def alerts_outbox(
         from services.router.alerts.outbox import Outbox
 
         cfg = load_config(config)
-        path = _outbox_path(config)
-        configured = {name for name, _ in cfg.alerts.named_sinks()}
+        path = _outbox_path(cfg)
+        configured = _sink_names(cfg)
         with Outbox(path) as outbox:
             stats = outbox.stats()
             entries = outbox.dead(limit=dead) if dead else []
@@ -98,7 +103,7 @@ def alerts_retry_dead(
     def _run() -> None:
         from services.router.alerts.outbox import Outbox
 
-        path = _outbox_path(config)
+        path = _outbox_path(load_config(config))
         with Outbox(path) as outbox:
             count = outbox.retry_dead(sink)
         typer.echo(f"{count} alert deliveries pending again (the running router picks them up)")
@@ -118,14 +123,14 @@ def alerts_reassign(
         from services.router.alerts.outbox import Outbox
 
         cfg = load_config(config)
-        configured = sorted(name for name, _ in cfg.alerts.named_sinks())
+        configured = sorted(_sink_names(cfg))
         if new not in configured:
             raise UserError(
                 f"{new!r} is not a configured sink (alerts.sinks: {', '.join(configured)})"
             )
         if old in configured:
             raise UserError(f"{old!r} is still configured: its own dispatcher delivers its alerts")
-        path = _outbox_path(config)
+        path = _outbox_path(cfg)
         with Outbox(path) as outbox:
             moved, left = outbox.reassign(old, new)
         typer.echo(

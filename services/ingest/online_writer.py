@@ -248,20 +248,10 @@ class CoalescingOnlineWriter:
                 ts = np.fromiter((batch[e][0] for e in entities), dtype=np.int64, count=len(batch))
                 matrix = np.stack([batch[e][1] for e in entities])
                 self._sink.write_latest(entities, ts, matrix)
-            except Exception as exc:
-                if self._retry_later(batch, exc):
-                    continue
-                log.exception(
-                    "online store write failed for %.0f s; stopping before any commit past it",
-                    self._retry_for_s,
-                )
-                with self._lock:
-                    self._error = exc
-                    self._writing = False
-                    self._lock.notify_all()
-                return
             except BaseException as exc:
-                log.exception("online store write failed")
+                if isinstance(exc, Exception) and self._retry_later(batch, exc):
+                    continue
+                log.exception("online store write failed; stopping before any commit past it")
                 with self._lock:
                     self._error = exc
                     self._writing = False

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -61,6 +61,17 @@ def run_router(
         )  # fmt: skip
         return
     _run_loop(_serve_doors(config, config_path, stream, group_id))
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT log and call `stop` (the process then shuts down in order)."""
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def _delivery(config: PlatformConfig, live: LiveConfig) -> AlertDelivery:
@@ -119,17 +130,15 @@ async def _serve_doors(
     # Python's default SIGTERM handler the process ended there (no last commit, the group
     # not left: the next router waited out the 45 s session timeout). A signal before
     # `serve` runs (the doors still starting) must stop it too.
-    stop_signals: list[int] = []
+    stopping = threading.Event()
     servers: list[Any] = []
 
-    def on_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
-        stop_signals.append(signum)
+    def on_stop() -> None:
+        stopping.set()
         for running in servers:
             running.should_exit = True
 
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
+    _on_stop_signals(on_stop)
     live = LiveConfig(config)
     metrics = RouterMetrics()
     delivery: AlertDelivery | None = None
@@ -180,7 +189,7 @@ async def _serve_doors(
     )
     servers.append(server)
     try:
-        if not stop_signals:
+        if not stopping.is_set():
             await server.serve()  # returns on SIGTERM/SIGINT
     finally:
         if scorer is not None and thread is not None:
@@ -245,12 +254,7 @@ def run_router_stream(
         else None
     )
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
-        scorer.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    _on_stop_signals(scorer.stop)
     thread = threading.Thread(target=scorer.run, name="stream-door")
     freeze_startup_heap()
     thread.start()

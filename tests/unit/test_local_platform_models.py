@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import local_platform
 import numpy as np
 
-from models.calibration import QuantileCalibrator
 from models.dataset import LabelledFeatures
-from models.metadata import feature_contract
-from models.registry import METADATA_FILE, Registry
+from models.registry import Registry
 from services.common.config import PlatformConfig
 from services.common.config.model import FeatureFlags, ModelFlag
 from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
+from tests.unit.test_models_registry import _stage
 
 
 def _publish(registry: Registry, name: ModelName, events_per_s: float | None) -> str:
-    def stage(folder: Path, version: str) -> None:
-        meta = {
-            "version": version,
-            **feature_contract(),
-            "input": {"name": "features", "kind": "rows", "shape": [-1, len(FEATURE_NAMES)]},
-            "calibration": QuantileCalibrator.fit(np.arange(1000.0)).to_dict(),
-            "training_data": {"events": 1000, "events_per_s": events_per_s},
-        }
-        (folder / METADATA_FILE).write_text(json.dumps(meta))
-
-    return registry.publish(name, stage)
+    return registry.publish(name, _stage(training_data={"events_per_s": events_per_s}))
 
 
 def test_models_trained_at_another_event_rate_are_named_with_the_fix(tmp_path: Path) -> None:

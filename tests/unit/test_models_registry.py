@@ -37,7 +37,10 @@ XGB = ModelName.XGBOOST
 
 
 def _stage(
-    payload: bytes = b"weights", schema: str | None = None, onnx: dict[str, Any] | None = None
+    payload: bytes = b"weights",
+    schema: str | None = None,
+    onnx: dict[str, Any] | None = None,
+    training_data: dict[str, Any] | None = None,
 ) -> Callable[[Path, str], None]:
     def stage(folder: Path, version: str) -> None:
         meta: dict[str, object] = {
@@ -52,6 +55,8 @@ def _stage(
             meta["feature_schema_hash"] = schema
         if onnx is not None:
             meta["onnx"] = onnx
+        if training_data is not None:
+            meta["training_data"] = training_data
         (folder / METADATA_FILE).write_text(json.dumps(meta))
         (folder / "model.json").write_bytes(payload)
         (folder / "model.onnx").write_bytes(b"onnx")

@@ -263,27 +263,26 @@ def registered_feature_view(store: FeatureStore, cfg: FeastConfig) -> FeatureVie
     return view
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    # Imported lazily: an SQLite-only deployment need not have redis-py.
+_NO_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _redis_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(unreachable, refused) error types of redis-py, both empty without it (imported
+    lazily: an SQLite-only deployment need not have redis-py).
+
+    Refused are the errors the server answers with: READONLY (a replica after a failover),
+    OOM, a `db` the server does not have. A store-side state, not a bug of the caller: a
+    door should answer 503 as for an unreachable server, not 500 with a traceback.
+    """
     try:
         import redis.exceptions
     except ImportError:
-        return ()
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        return _NO_ERRORS, _NO_ERRORS
+    unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    return unreachable, (redis.exceptions.ResponseError,)
 
 
 _PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
-
-
-def _redis_refusals() -> tuple[type[BaseException], ...]:
-    """Errors the server answers with: READONLY (a replica after a failover), OOM, a `db`
-    the server does not have. A store-side state, not a bug of the caller: a door should
-    answer 503 like for an unreachable server, not 500 with a traceback."""
-    try:
-        import redis.exceptions
-    except ImportError:
-        return ()
-    return (redis.exceptions.ResponseError,)
 
 
 def _find_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -323,9 +322,10 @@ def translate_exception(exc: BaseException, where: str) -> FeatureStoreError | N
         # The store's folder or registry file cannot be made or written (read-only mount,
         # a file where a folder should be): a deployment problem the message must name.
         return FeatureStoreUnavailable(f"{where}: {exc}")
-    if isinstance(exc, _redis_errors()):
+    unreachable, refused = _redis_exceptions()
+    if isinstance(exc, unreachable):
         return FeatureStoreUnavailable(f"{where} is unreachable: {exc}")
-    if isinstance(exc, _redis_refusals()):
+    if isinstance(exc, refused):
         # A pipeline's error quotes the whole command first: binary keys and values.
         answer = _PIPELINE_PREFIX.sub("", str(exc))
         return FeatureStoreUnavailable(f"{where} refused the command: {answer}")
