@@ -113,6 +113,11 @@ class CoalescingOnlineWriter:
             self._raise_if_failed()
             return self._durable_seq
 
+    @property
+    def failing(self) -> bool:
+        """True while writes fail and are being retried (see the module docstring)."""
+        return self._failing_since is not None
+
     def add(
         self,
         seq: int,
@@ -163,8 +168,14 @@ class CoalescingOnlineWriter:
         if not self._pending and not self._writing:
             self._durable_seq = max(self._durable_seq, self._pending_seq)
 
-    def flush(self, timeout_s: float = 60.0) -> int:
-        """Write what is pending now and wait for it; returns the durable sequence number."""
+    def flush(self, timeout_s: float | None = None) -> int:
+        """Write what is pending now and wait for it; returns the durable sequence number.
+
+        The default wait outlasts the retry window, so a flush during an outage ends with
+        the store back or with the writer's own error, not with a shorter timeout of its own.
+        """
+        if timeout_s is None:
+            timeout_s = self._retry_for_s + 60.0
         deadline = time.monotonic() + timeout_s
         with self._lock:
             target = self._pending_seq

@@ -201,7 +201,12 @@ class IngestService:
                 msgs = self._consumer.consume(num_messages=ing.batch_max_events, timeout=timeout)
                 if msgs:
                     self.process(msgs)
-                if time.monotonic() - self._last_checkpoint >= ing.checkpoint_interval_s:
+                if time.monotonic() - self._last_checkpoint >= ing.checkpoint_interval_s and not (
+                    self.online is not None and self.online.failing
+                ):
+                    # A checkpoint commits everything first, which waits for the online
+                    # store: while it fails, checkpoints wait too and `features` keeps
+                    # flowing (a restore then replays a little more).
                     self.checkpoint()
         except Exception as exc:
             self._error = f"{type(exc).__name__}: {exc}"

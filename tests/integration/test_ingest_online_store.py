@@ -126,7 +126,12 @@ def test_a_redis_restart_is_waited_out_and_nothing_is_committed_past_it(
     writes them when Redis is back."""
     server = LocalRedis(port=free_port(), home=tmp_path / "redis", wipe_on_exit=True)
     cfg = store_config(
-        platform_config(), tmp_path, redis_store(server.port), checkpoint_interval_s=0.5
+        platform_config(),
+        tmp_path,
+        redis_store(server.port),
+        checkpoint_interval_s=0.5,
+        # Longer than the outage takes on a loaded CI machine (the default 30 s was not).
+        online_write_retry_s=300,
     )
     ingest = cfg.ingest
     topics = cfg.kafka.topics
@@ -142,9 +147,12 @@ def test_a_redis_restart_is_waited_out_and_nothing_is_committed_past_it(
             read_all(cfg, topics.features.name, expected=len(first))
             _wait(lambda: committed() == end_offsets(cfg, topics.events.name), "first commit")
             server.stop()
-            produce(cfg, topics.events.name, encoded(second))
-            read_all(cfg, topics.features.name, expected=len(events))  # Kafka side goes on
+            produce(cfg, topics.events.name, encoded(second[:750]))
             _wait(lambda: service.metrics.online_write_retries._value.get() >= 2, "retries")
+            time.sleep(2 * ingest.checkpoint_interval_s)  # a checkpoint is due meanwhile
+            produce(cfg, topics.events.name, encoded(second[750:]))
+            # The Kafka side goes on: checkpoints (which wait for the store) are put off.
+            read_all(cfg, topics.features.name, expected=len(events), timeout_s=60)
             assert service.live()[0], service.live()
             assert sum(committed().values()) == len(first), "committed past unwritten rows"
             server.start()
