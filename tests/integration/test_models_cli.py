@@ -119,3 +119,34 @@ def test_train_records_the_event_rate_of_its_stream(tmp_path: Path) -> None:
         make_app(), ["train", "--event-rate", "0", "--store", str(tmp_path), "--quiet"]
     )
     assert refused.exit_code == 2 and "event-rate" in refused.output
+    config = tmp_path / "platform.yaml"
+    config.write_text(
+        "flags:\n  models:\n    xgboost: {enabled: false}\n    transformer: {enabled: false}\n"
+    )
+    evaluated = CliRunner().invoke(
+        make_app(),
+        ["evaluate", "--events", "3000", "--store", str(tmp_path), "--config", str(config),
+         "--out", str(tmp_path / "report"), "--skip-adbench", "--quiet"],
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    evaluated_rate = float(report["source"].rsplit("event_rate=", 1)[1].removesuffix("/s"))
+    assert evaluated_rate == pytest.approx(25_000, rel=0.05)  # the training rate, not 1,000/s
+
+
+def test_evaluate_refuses_to_guess_between_training_rates() -> None:
+    from types import SimpleNamespace
+
+    from services.cli.errors import UserError
+    from services.cli.models_cmd import _training_event_rate
+    from services.common.model_names import ModelName
+
+    def model(version: int, per_s: float | None) -> SimpleNamespace:
+        data = {} if per_s is None else {"events_per_s": per_s}
+        return SimpleNamespace(version=version, metadata={"training_data": data})
+
+    old = {ModelName.ISOLATION_FOREST: model(1, None), ModelName.XGBOOST: model(2, 1_000.0)}
+    assert _training_event_rate(old) == 1_000.0  # unrecorded rates were the 1,000/s default
+    mixed = {ModelName.ISOLATION_FOREST: model(1, 5_000.0), ModelName.XGBOOST: model(2, 1_000.0)}
+    with pytest.raises(UserError, match=r"xgboost v2 at 1,000/s; isolation_forest v1 at 5,000/s"):
+        _training_event_rate(mixed)
