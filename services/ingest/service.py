@@ -133,6 +133,7 @@ class IngestService:
             config.kafka,
             "ingest",
             ing.group_id,
+            instance_id=ing.group_instance_id,
             **{
                 "statistics.interval.ms": 5000,
                 "stats_cb": self._on_stats,
@@ -143,13 +144,11 @@ class IngestService:
                 "fetch.min.bytes": FETCH_MIN_BYTES,
             },
         )
+        restore_settings: dict[str, Any] = {"enable.partition.eof": False}
         self.changelog = StateChangelog(
             self._producer,
             lambda: make_consumer(
-                config.kafka,
-                "ingest-restore",
-                f"{ing.group_id}-restore",
-                **{"enable.partition.eof": False},
+                config.kafka, "ingest-restore", f"{ing.group_id}-restore", **restore_settings
             ),
             self.topics.changelog.name,
             self.topics.events.name,

@@ -122,7 +122,12 @@ class StreamScorer:
         asyncio.set_event_loop(loop)
         core = self._core_factory()
         producer = make_producer(self.config.kafka, "router")
-        consumer: Consumer = make_consumer(self.config.kafka, "router", self._group_id)
+        consumer: Consumer = make_consumer(
+            self.config.kafka,
+            "router",
+            self._group_id,
+            instance_id=self.config.router.group_instance_id,
+        )
 
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
             # Decisions handed to the producer are made durable and committed while the

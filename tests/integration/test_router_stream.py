@@ -312,3 +312,45 @@ def test_the_router_with_its_doors_stops_cleanly_on_sigterm(
     assert committed_offsets(cfg, group, topics.features.name) == end_offsets(
         cfg, topics.features.name
     ), "the shutdown commits every scored batch"
+
+
+@pytest.mark.slow
+def test_a_static_member_killed_hard_is_replaced_at_once(
+    stream: tuple[PlatformConfig, Path], tmp_path: Path
+) -> None:
+    """With `router.group_instance_id` (the main job sets one), the router started after a
+    SIGKILL takes the partitions back at once; without it the group keeps them with the
+    dead member until its 45 s session ends (the main job's next run waited that long)."""
+    cfg, config = stream
+    data = yaml.safe_load(config.read_text())
+    data["router"]["group_instance_id"] = "router-under-test-0"
+    static = config.with_name("static.yaml")  # same folder: the same consumer group
+    static.write_text(yaml.safe_dump(data))
+    scores = cfg.kafka.topics.scores.name
+    log = tmp_path / "router.log"
+    first = start_router(static, log, "--batch-max", "60", "--max-in-flight", "2")
+    try:
+        deadline = time.monotonic() + 120
+        while sum(end_offsets(cfg, scores).values()) < 1_500:
+            assert first.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    time.sleep(1.0)  # the last produce requests of the dead process have landed
+    before = sum(end_offsets(cfg, scores).values())
+    started = time.monotonic()
+    second = start_router(static, log, "--batch-max", "60", "--max-in-flight", "2")
+    try:
+        while sum(end_offsets(cfg, scores).values()) <= before:
+            assert second.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() - started < 30, (
+                "no decision 30 s after the restart: the partitions waited for the dead "
+                "member's session to end"
+            )
+            time.sleep(0.1)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        assert second.wait(60) == 0, log.read_text()[-3000:]
+    print(f"first decision {time.monotonic() - started:.1f} s after the restart")

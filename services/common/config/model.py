@@ -494,6 +494,17 @@ class AlertsConfig(Section):
 # --------------------------------------------------------------------------- router doors
 
 
+GroupInstanceId = (
+    Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")] | None
+)
+"""Kafka static group membership (`group.instance.id`, KIP-345): a restarted process with the
+same id takes its partitions back at once, where a new member waits until the group drops
+the dead one (the session timeout, 45 s) after a crash or a SIGKILL. One id per process (a
+StatefulSet pod name; the main job sets one); two live processes with the same id fence each
+other. A static member does not leave the group when it stops, so a process that will not
+come back should be given no id. Kafka's rule for the characters and length."""
+
+
 class RouterConfig(Section):
     """The router's doors (stream, REST, gRPC) and its configuration watcher (read once at
     start).
@@ -528,6 +539,8 @@ class RouterConfig(Section):
     stream_max_in_flight: int = Field(default=4, ge=1, le=1_000)
     """Stream batches produced but not yet acknowledged (and committed) before the door waits
     for the broker; bounds producer memory and the batches scored again after a crash."""
+    group_instance_id: GroupInstanceId = None
+    """Static group membership for this process (see `GroupInstanceId`); none by default."""
 
     @field_validator("api_keys")
     @classmethod
@@ -547,6 +560,8 @@ class IngestConfig(Section):
 
     group_id: str = "anomaly-ingest"
     """Consumer group; replicas of the service share the `events` partitions."""
+    group_instance_id: GroupInstanceId = None
+    """Static group membership for this process (see `GroupInstanceId`); none by default."""
     batch_max_events: int = Field(default=20_000, ge=1, le=1_000_000)
     """Most events consumed into one micro-batch."""
     batch_timeout_ms: int = Field(default=100, ge=1, le=60_000)

@@ -56,9 +56,20 @@ def producer_config(cfg: KafkaConfig, role: str, **overrides: Any) -> dict[str, 
     return conf
 
 
-def consumer_config(cfg: KafkaConfig, role: str, group_id: str, **overrides: Any) -> dict[str, Any]:
-    """An at-least-once consumer: offsets are committed explicitly, after outputs are durable."""
+def consumer_config(
+    cfg: KafkaConfig,
+    role: str,
+    group_id: str,
+    *,
+    instance_id: str | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """An at-least-once consumer: offsets are committed explicitly, after outputs are durable.
+
+    `instance_id` makes it a static member of the group (`GroupInstanceId` in the config)."""
     conf = common_config(cfg, role)
+    if instance_id is not None:
+        conf["group.instance.id"] = instance_id
     conf.update(
         {
             "group.id": group_id,
@@ -80,9 +91,11 @@ def make_producer(cfg: KafkaConfig, role: str, **overrides: Any) -> Producer:
     return Producer(producer_config(cfg, role, **overrides))
 
 
-def make_consumer(cfg: KafkaConfig, role: str, group_id: str, **overrides: Any) -> Consumer:
+def make_consumer(
+    cfg: KafkaConfig, role: str, group_id: str, *, instance_id: str | None = None, **overrides: Any
+) -> Consumer:
     """A consumer built from `consumer_config`."""
-    return Consumer(consumer_config(cfg, role, group_id, **overrides))
+    return Consumer(consumer_config(cfg, role, group_id, instance_id=instance_id, **overrides))
 
 
 def make_admin(cfg: KafkaConfig) -> AdminClient:
