@@ -74,7 +74,9 @@ def features_get(entity_id: str, config: ConfigOption = None) -> None:
 def features_tail(
     config: ConfigOption = None,
     count: Annotated[int, typer.Option(min=1, help="Messages to print.")] = 10,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for them.")] = 10.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for them (at least 0.1).")
+    ] = 10.0,
 ) -> None:
     """Print the newest messages of the `features` topic as JSON lines."""
 
@@ -108,6 +110,8 @@ def features_tail(
                         value = msg.value() or b""
                         typer.echo(_dumps(feature_message_as_json(msg.key(), value)))
                         printed += 1
+            if printed < count:  # a quiet topic: say so rather than end as if all came
+                typer.echo(f"{printed} of {count} messages within {timeout:g} s", err=True)
         finally:
             consumer.close()
 

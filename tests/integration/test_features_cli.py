@@ -97,12 +97,21 @@ def test_tail_prints_json_lines_for_missing_and_infinite_values(
 
     code, out, err = _invoke("tail", "--count", "1", "--timeout", "20", "-c", str(config))
     assert code == 0, err
+    assert err == ""
     (line,) = out.splitlines()
     got = _strict_json(line)
     assert isinstance(got, dict)
     assert got["entity_id"] == "acct-1"
     features = got["features"]
     assert [features[n] for n in FEATURE_NAMES[:3]] == [None, "Infinity", "-Infinity"]
+
+    # Fewer messages than asked for within the timeout: said on stderr, not a silent end.
+    code, out, err = _invoke("tail", "--count", "3", "--timeout", "1", "-c", str(config))
+    assert code == 0 and len(out.splitlines()) == 1
+    assert "1 of 3 messages within 1 s" in err
+    # A timeout that cannot wait at all is refused, not an empty answer with exit code 0.
+    code, out, err = _invoke("tail", "--timeout", "-1", "-c", str(config))
+    assert code == 2 and out == "" and "--timeout" in err
 
 
 def test_apply_where_the_store_folder_cannot_be_made_is_one_error_line(config: Path) -> None:
