@@ -302,3 +302,23 @@ def test_kserve_generated_names_fit_a_dns_label(render: Render) -> None:
     too_long = render(["default-values.yaml"], (f"fullnameOverride={longest}b",))
     assert too_long.returncode != 0
     assert "fullnameOverride" in too_long.stderr
+
+
+def _router_env(docs: list[Manifest], kind: str) -> dict[str, Manifest]:
+    (workload,) = [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith("-router")]
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_a_stateful_router_is_a_static_group_member_named_after_its_pod(render: Render) -> None:
+    """Stable pod names (the StatefulSet of a durable outbox) make static membership safe:
+    a rolled replica gets its partitions back at once. A Deployment's pods get new names, so
+    it stays dynamic, and the value turns it off."""
+    member = _router_env(docs_of(render, "extras-values.yaml"), "StatefulSet")
+    assert member["ANOMALY_ROUTER__GROUP_INSTANCE_ID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }
+    dynamic = _router_env(docs_of(render, "default-values.yaml"), "Deployment")
+    assert "ANOMALY_ROUTER__GROUP_INSTANCE_ID" not in dynamic
+    off = docs_of(render, "extras-values.yaml", ("router.staticMembership=false",))
+    assert "ANOMALY_ROUTER__GROUP_INSTANCE_ID" not in _router_env(off, "StatefulSet")
