@@ -199,19 +199,47 @@ def ensure_models(
 
     registry = Registry(cfg.model_store.path)
     missing = [m.value for m in ModelName if registry.latest(m) is None]
-    if not missing:
+    stale = [] if missing else stale_schema_models(registry, cfg)
+    if not missing and not stale:
         found = ", ".join(f"{m.value} v{registry.resolve(m)}" for m in ModelName)
         log(f"models found in {registry.root}: {found}")
         for warning in rate_mismatches(registry, cfg, event_rate):
             log(f"warning: {warning}")
         return
-    log(f"no registered {', '.join(missing)}: training on {events:,} generated events at "
-        f"{event_rate:,.0f}/s (once)")  # fmt: skip
+    if missing:
+        log(f"no registered {', '.join(missing)}: training on {events:,} generated events at "
+            f"{event_rate:,.0f}/s (once)")  # fmt: skip
+    else:
+        log(f"{', '.join(stale)}: trained on an older feature schema (this code's window "
+            f"features changed); training and promoting new versions on {events:,} events "
+            f"at {event_rate:,.0f}/s (once; the old versions stay, for the old code)")  # fmt: skip
     subprocess.run(
         [sys.executable, "-m", "services.cli.main", "train", "-c", str(config_file),
-         "--events", str(events), "--event-rate", str(event_rate)],
+         "--events", str(events), "--event-rate", str(event_rate),
+         *(["--promote"] if stale else [])],
         cwd=ROOT, check=True,
     )  # fmt: skip
+
+
+def stale_schema_models(registry: Registry, cfg: PlatformConfig) -> list[str]:
+    """The serving versions (`name vN`) trained on another feature schema than this code's.
+
+    Why: after an upgrade that changes the window features, the model servers refuse such
+    versions; the main job must train new ones rather than fail at start. A version pinned
+    in the flags is left to its pin (the server then says which one to retrain).
+    """
+    from services.common.features.definition import feature_schema_hash
+    from services.common.model_names import ModelName
+
+    out = []
+    for name in ModelName:
+        flag = cfg.flags.models.get(name)
+        if flag is not None and flag.version is not None:
+            continue
+        version = registry.resolve_with_flags(name, cfg.flags)
+        if registry.metadata(name, version).get("feature_schema_hash") != feature_schema_hash():
+            out.append(f"{name.value} v{version}")
+    return out
 
 
 RATE_TOLERANCE: Final = 2.0

@@ -57,6 +57,7 @@ _EXAMPLE_FEATURES = {
     "amount_mean_1h": 222.4, "log_amount_std_1h": 0.61, "log_amount": 6.2,
     "amount_zscore": 1.3, "price_dev_ma": 0.12, "volume_ratio_median": 1.8,
     "spread_ratio": 1.0, "level_shift": 0.2, "time_since_prev_s": 14.0,
+    "log_gap_recent": 2.6, "gap_shift": 0.3,
     "distinct_counterparties_1h": 5.0, "distinct_countries_1h": 1.0,
     "counterparty_novel": 0.0, "country_novel": 0.0, "entity_events_seen": 5.3,
     "global_rate_1m": 480.0,

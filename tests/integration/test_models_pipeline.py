@@ -28,6 +28,7 @@ from models.training import TrainedModel, TrainSettings, train_all, train_model
 from models.transformer import TransformerSettings, fit_transformer
 from models.xgb_classifier import XGBoostSettings
 from services.common.config.model import EnsembleConfig
+from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
 from services.generator import EventStream, StreamSpec
 
@@ -119,8 +120,8 @@ def test_registry_holds_the_documented_layouts(
             assert key in meta, key
         assert meta["seed"] == 7 and meta["training_data"]["events"] == 30_000
     transformer = loaded[ModelName.TRANSFORMER].metadata
-    assert transformer["input"]["shape"] == [-1, 16, 22]
-    assert len(transformer["preprocessing"]["standardize"]["center"]) == 22
+    assert transformer["input"]["shape"] == [-1, 16, len(FEATURE_NAMES)]
+    assert len(transformer["preprocessing"]["standardize"]["center"]) == len(FEATURE_NAMES)
 
 
 def test_xgboost_predicts_types_and_separates_anomalies(

@@ -23,6 +23,10 @@ from models.registry import Registry
 from services.common.model_names import ModelName
 from tests.integration.v2_io import WIDTH, outputs, rows, v2_body
 
+_TOO_FEW_VALUES = {
+    "inputs": [{"name": "features", "shape": [2, WIDTH], "datatype": "FP32", "data": [1.0] * 10}]
+}
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -135,11 +139,10 @@ def test_concurrent_requests_are_batched(ray_url: str) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
-        ("isolation_forest", v2_body(rows(3)[:, :5]), 400, "must have shape [n, 22]"),
+        ("isolation_forest", v2_body(rows(3)[:, :5]), 400, f"must have shape [n, {WIDTH}]"),
         ("isolation_forest", v2_body(rows(3).astype(np.int64), "INT64"), 400, "must be FP32"),
         ("isolation_forest", v2_body(rows(3), name="x"), 400, "exactly one input named 'features'"),
-        ("isolation_forest", {"inputs": [{"name": "features", "shape": [2, 22], "datatype": "FP32",
-                                          "data": [1.0] * 10}]}, 400, "does not match its shape"),
+        ("isolation_forest", _TOO_FEW_VALUES, 400, "does not match its shape"),
         ("isolation_forest", {"inputs": "nope"}, 400, "not a V2 inference request"),
         ("nope", v2_body(rows(3)), 404, "nope"),
         ("xgboost/versions/9", v2_body(rows(3)), 404, "version 9"),

@@ -523,7 +523,7 @@ def test_stored_row_with_missing_values_is_409_and_shown_as_null(router: Router)
         ({"entity_id": 7}, "entity_id = 7: Input should be a valid string"),
         ({"items": []}, "items: List should have at least 1 item"),
         ({"items": [{"entity_id": "a"}, {"entity_id": "b", "features": {}}]},
-         "items.1.features: missing 22 feature(s)"),
+         f"items.1.features: missing {len(FEATURE_NAMES)} feature(s)"),
         ([1, 2], "body: Input should be a valid dictionary"),
     ],
 )  # fmt: skip
@@ -649,7 +649,8 @@ def test_grpc_vector_of_the_wrong_length(router: Router) -> None:
     with pytest.raises(grpc.RpcError) as info:
         router.grpc_score(short)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "expected 22 values in FEATURE_NAMES order, got 5" in info.value.details()
+    expected = f"expected {len(FEATURE_NAMES)} values in FEATURE_NAMES order, got 5"
+    assert expected in info.value.details()
 
 
 # --------------------------------------------------------------------------- OpenAPI fuzzing

@@ -17,6 +17,10 @@ from services.common.model_names import ModelName
 from tests.integration.conftest import ModelServer
 from tests.integration.v2_io import WIDTH, outputs, rows, v2_body
 
+_TOO_FEW_VALUES = {
+    "inputs": [{"name": "features", "shape": [2, WIDTH], "datatype": "FP32", "data": [1.0] * 10}]
+}
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,11 +122,10 @@ def test_transformer_sequences_take_padding_only_before_the_event(
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
-        ("isolation_forest", v2_body(rows(3)[:, :5]), 400, "must have shape [n, 22]"),
+        ("isolation_forest", v2_body(rows(3)[:, :5]), 400, f"must have shape [n, {WIDTH}]"),
         ("isolation_forest", v2_body(rows(3).astype(np.int64), "INT64"), 400, "must be FP32"),
         ("isolation_forest", v2_body(rows(3), name="x"), 400, "exactly one input named 'features'"),
-        ("isolation_forest", {"inputs": [{"name": "features", "shape": [2, 22], "datatype": "FP32",
-                                          "data": [1.0] * 10}]}, 400, "does not match its shape"),
+        ("isolation_forest", _TOO_FEW_VALUES, 400, "does not match its shape"),
         ("nope", v2_body(rows(3)), 404, "nope"),
         ("xgboost/versions/9", v2_body(rows(3)), 404, "version 9"),
     ],
@@ -195,9 +198,11 @@ import onnxruntime as ort
 
 from models.registry import Registry
 from services.common.config.model import ServingConfig
+from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
 from services.serving.runtime import ModelRunner, RuntimePolicy
 
+WIDTH = len(FEATURE_NAMES)
 if "CUDAExecutionProvider" in ort.get_available_providers():
     print("SKIP: this onnxruntime is the GPU build")
     sys.exit(0)
@@ -207,7 +212,7 @@ registry = Registry(Path(sys.argv[1]))
 for name in ModelName:
     model = registry.load(name)
     runner = ModelRunner(model, policy)
-    shape = (4, model.sequence_length, 22) if model.sequence_length else (4, 22)
+    shape = (4, model.sequence_length, WIDTH) if model.sequence_length else (4, WIDTH)
     for rows in (1, 4096):
         x = np.ones((rows, *shape[1:]), np.float32)
         batch, runtime = runner.score(x)

@@ -58,3 +58,20 @@ def test_the_recorded_rate_is_events_per_second_of_event_time() -> None:
     assert (
         LabelledFeatures(data.matrix[:1], data.labels[:1], data.entity[:1]).events_per_s() is None
     )
+
+
+def test_versions_of_an_older_feature_schema_are_named_for_retraining(tmp_path: Path) -> None:
+    """After an upgrade that changed the window features, the main job retrains instead of
+    starting model servers that refuse every registered version."""
+    registry = Registry(tmp_path)
+    for name in ModelName:
+        registry.publish(name, _stage(schema="0123456789abcdef"))  # an older schema
+    config = PlatformConfig()
+    assert local_platform.stale_schema_models(registry, config) == [
+        "isolation_forest v1", "xgboost v1", "transformer v1"
+    ]  # fmt: skip
+    for name in ModelName:
+        registry.publish(name, _stage())  # v2 on this code's schema, the latest
+    assert local_platform.stale_schema_models(registry, config) == []
+    pinned = PlatformConfig(flags=FeatureFlags(models={ModelName.XGBOOST: ModelFlag(version="1")}))
+    assert local_platform.stale_schema_models(registry, pinned) == []  # a pin is the user's

@@ -30,6 +30,7 @@ from models.registry import (
     Registry,
 )
 from services.common.config.model import FeatureFlags, ModelFlag, ServingConfig
+from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
 from services.serving.runtime import RuntimePolicy
 
@@ -47,7 +48,7 @@ def _stage(
             "version": version,
             "created_at": "2026-01-01T00:00:00+00:00",
             **feature_contract(),
-            "input": {"name": "features", "kind": "rows", "shape": [-1, 22]},
+            "input": {"name": "features", "kind": "rows", "shape": [-1, len(FEATURE_NAMES)]},
             "calibration": QuantileCalibrator.fit(np.arange(1000.0)).to_dict(),
             "metrics": {"holdout": {"roc_auc": 0.9}},
         }
@@ -218,7 +219,7 @@ def test_triton_config_serves_the_promoted_version(tmp_path: Path) -> None:
     reg.publish(XGB, _stage())
     config = (reg.model_dir(XGB) / TRITON_CONFIG_FILE).read_text()
     assert 'backend: "onnxruntime"' in config and "versions: [ 2 ]" in config
-    assert "dims: [ 22 ]" in config
+    assert f"dims: [ {len(FEATURE_NAMES)} ]" in config
     reg.promote(XGB, "1")
     assert "versions: [ 1 ]" in (reg.model_dir(XGB) / TRITON_CONFIG_FILE).read_text()
 

@@ -163,6 +163,19 @@ def test_corrupt_checkpoint_is_refused() -> None:
         FeatureEngine().import_state([(entity, partition, b"XX9:" + blob[4:])])
 
 
+def test_state_of_an_older_layout_starts_cold_instead_of_failing_the_restore() -> None:
+    """After an upgrade that added features (FE1 -> FE2), the changelog still holds FE1
+    blobs: the restore skips them (those entities start empty) and restores the rest."""
+    engine = FeatureEngine()
+    engine.process(columns_from_events([ev(0, "a", 0, 1), ev(1_000, "b", 0, 1)]))
+    (a, b) = engine.export_state(np.arange(2))
+    old = (a[0], a[1], b"FE1:" + a[2][4:-16])  # an FE1 blob: no inter-arrival baselines
+    restored = FeatureEngine()
+    assert restored.import_state([old, b]) == 1
+    assert restored.stale_states == 1
+    assert restored.slot("a") is None and restored.slot("b") is not None
+
+
 def test_release_partition_frees_only_its_entities() -> None:
     engine = FeatureEngine(capacity=2)
     events = [ev(0, "p0-a", 0, 1), ev(0, "p1-a", 0, 1), ev(0, "p0-b", 0, 1)]
@@ -218,7 +231,7 @@ def test_stable_hash_is_process_independent_and_nonzero() -> None:
 
 def test_schema_hash_tracks_names() -> None:
     assert len(feature_schema_hash()) == 16
-    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 22
+    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 24
 
 
 def test_the_largest_accepted_values_keep_every_feature_finite() -> None:
@@ -260,3 +273,20 @@ def test_events_of_an_entity_on_a_second_partition_update_its_state() -> None:
     assert [f(result.matrix, i, "count_1m") for i in range(10)] == [6.0 + i for i in range(10)]
     again = engine.process(columns_from_events(home[-2:], [0, 0], [1_003, 1_004]))
     assert f(again.matrix, 1, "count_1m") == 15.0, "a re-delivery at home is not re-applied"
+
+
+def test_gap_shift_measures_a_burst_against_the_entity_own_pace() -> None:
+    """A quiet entity (an event every 30 s) bursting at 0.2 s gaps stands out; a busy one
+    whose usual gap is 0.2 s does not, though both send at the same instantaneous rate:
+    the fixed windows cannot tell them apart this way, the entity's pace can."""
+    shift, recent = FEATURE_NAMES.index("gap_shift"), FEATURE_NAMES.index("log_gap_recent")
+    quiet = [ev(i, "quiet", 30.0 * i, 10) for i in range(40)]
+    quiet += [ev(40 + i, "quiet", 30.0 * 39 + 0.2 * (i + 1), 10) for i in range(10)]
+    busy = [ev(i, "busy", 0.2 * i, 10) for i in range(50)]
+    q, b = run(quiet), run(busy)
+    assert abs(q[39, shift]) < 0.1, "a steady pace is no shift"
+    assert q[42:, shift].min() > 1.5, "the burst is far faster than the quiet entity's pace"
+    assert np.abs(b[5:, shift]).max() < 0.1, "the busy entity's own pace is no burst"
+    assert q[39, recent] == pytest.approx(math.log1p(30.0), rel=1e-6)
+    assert b[-1, recent] == pytest.approx(math.log1p(0.2), rel=1e-3)
+    assert q[0, recent] == pytest.approx(math.log1p(3600.0)) and q[0, shift] == 0.0

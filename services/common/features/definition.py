@@ -57,6 +57,9 @@ FEATURE_DOCS: Final[dict[str, str]] = {
     "spread_ratio": "Spread over the entity's typical spread (1 when the event has none).",
     "level_shift": "Medium-run over long-run mean of log amount, in long-run standard deviations.",
     "time_since_prev_s": "Seconds since the entity's previous event (capped at one hour).",
+    "log_gap_recent": "Recent mean (EWMA) of log(1 + seconds between the entity's events).",
+    "gap_shift": "Long-run minus recent mean of log(1 + seconds between the entity's events): "
+    "positive when the entity sends faster than it usually does, whatever its usual pace.",
     # novelty
     "distinct_counterparties_1h": "Distinct counterparties of the entity in the last hour.",
     "distinct_countries_1h": "Distinct countries of the entity in the last hour.",
@@ -70,7 +73,7 @@ FEATURE_DOCS: Final[dict[str, str]] = {
 FEATURE_NAMES: Final[tuple[str, ...]] = tuple(FEATURE_DOCS)
 """Column order of every feature matrix and vector."""
 
-FEATURE_SCHEMA_VERSION: Final = 1
+FEATURE_SCHEMA_VERSION: Final = 2
 
 
 def feature_schema_hash() -> str:

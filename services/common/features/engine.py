@@ -25,6 +25,7 @@ Windows always end at the newest time seen for the entity.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -34,6 +35,8 @@ import numpy.typing as npt
 from services.common.features.columns import I64, EventColumns
 from services.common.features.definition import FEATURE_NAMES, WINDOWS
 from services.common.features.kernel import process_events
+
+log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 BoolArr = npt.NDArray[np.bool_]
@@ -59,6 +62,9 @@ class EngineSettings:
     """Short moving average of the amount (~5 events): price deviation."""
     alpha_volume: float = 0.05
     """Log-quantity and log-spread baselines (~20 events)."""
+    alpha_gap: float = 0.3
+    """Recent mean of the log inter-arrival time (~3 events): bursts (`gap_shift`); its
+    long-run counterpart uses `alpha_slow`."""
 
 
 @dataclass(slots=True)
@@ -89,6 +95,8 @@ _SCALARS: tuple[tuple[str, type[np.generic], float], ...] = (
     ("nq", np.int64, 0),
     ("logspread_mean", np.float64, 0.0),
     ("nspread", np.int64, 0),
+    ("gap_slow", np.float64, 0.0),
+    ("gap_recent", np.float64, 0.0),
 )
 _PANE_ARRAYS: tuple[tuple[str, type[np.generic], float], ...] = (
     ("pane_epoch", np.int64, -1),
@@ -140,6 +148,7 @@ class FeatureEngine:
                 st.alpha_medium,
                 st.alpha_fast,
                 st.alpha_volume,
+                st.alpha_gap,
             ],
             dtype=np.float64,
         )
@@ -147,6 +156,8 @@ class FeatureEngine:
         self._global_count = np.zeros(WINDOWS[0].panes)
         self.late_events = 0
         """Late events seen since start (exported as a metric by the ingest service)."""
+        self.stale_states = 0
+        """Restored entities whose state had an older layout and so started empty."""
         self.rate_scale = 1.0
         """Total over owned partitions; scales `global_rate_1m` to the whole stream."""
 
@@ -243,7 +254,7 @@ class FeatureEngine:
             cols.country, offsets,
             st["last_ts"], st["n_seen"], st["last_offset"], st["slow_mean"], st["slow_var"],
             st["medium_mean"], st["fast_amount"], st["logq_mean"], st["nq"],
-            st["logspread_mean"], st["nspread"],
+            st["logspread_mean"], st["nspread"], st["gap_slow"], st["gap_recent"],
             st["pane_epoch"], st["pane_count"], st["pane_amount"], st["pane_x"], st["pane_x2"],
             self._pane_start, self._pane_n, self._pane_ms,
             st["cp_values"], st["cp_seen"], st["co_values"], st["co_seen"],
@@ -320,6 +331,16 @@ class FeatureEngine:
 
     def import_state(self, records: list[tuple[str, int, bytes]]) -> int:
         """Restore entities from changelog blobs (latest per entity); returns how many."""
+        stale = [r for r in records if r[2].startswith(_OLDER_STATE_VERSIONS)]
+        if stale:
+            # An upgrade changed the state's layout (new features): such entities start
+            # cold, as new ones do, instead of the restore failing on every start.
+            self.stale_states += len(stale)
+            log.warning(
+                "%d entities' window state was written by an older engine layout: they "
+                "start from empty state", len(stale),
+            )  # fmt: skip
+            records = [r for r in records if not r[2].startswith(_OLDER_STATE_VERSIONS)]
         if not records:
             return 0
         arrays = self._slot_arrays()
@@ -348,4 +369,6 @@ class FeatureEngine:
         return len(records)
 
 
-_STATE_VERSION = b"FE1:"
+_STATE_VERSION = b"FE2:"
+_OLDER_STATE_VERSIONS = (b"FE1:",)
+"""Layouts of earlier releases (FE1: before the inter-arrival baselines): skipped on restore."""

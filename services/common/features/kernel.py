@@ -36,6 +36,8 @@ C_VOLUME = _C["volume_ratio_median"]
 C_SPREAD = _C["spread_ratio"]
 C_LEVEL = _C["level_shift"]
 C_SINCE = _C["time_since_prev_s"]
+C_GAP_RECENT = _C["log_gap_recent"]
+C_GAP_SHIFT = _C["gap_shift"]
 C_DISTINCT_CP = _C["distinct_counterparties_1h"]
 C_DISTINCT_CO = _C["distinct_countries_1h"]
 C_NOVEL_CP = _C["counterparty_novel"]
@@ -47,7 +49,7 @@ STD_FLOOR = 0.05
 """Smallest baseline std of log-amount: a 5% move is never a 'huge' z-score."""
 
 # Indices into the float parameter vector.
-P_LATENESS, P_A_SLOW, P_A_MEDIUM, P_A_FAST, P_A_VOLUME = range(5)
+P_LATENESS, P_A_SLOW, P_A_MEDIUM, P_A_FAST, P_A_VOLUME, P_A_GAP = range(6)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -109,6 +111,8 @@ def process_events(  # type: ignore[no-untyped-def]
     nq,
     logspread_mean,
     nspread,
+    gap_slow,
+    gap_recent,
     pane_epoch,
     pane_count,
     pane_amount,
@@ -148,11 +152,23 @@ def process_events(  # type: ignore[no-untyped-def]
         if n >= 2:
             out[i, C_ZSCORE] = (x - slow_mean[s]) / std
             out[i, C_LEVEL] = (medium_mean[s] - slow_mean[s]) / std
+        # Inter-arrival baselines: the entity's own pace, so that a burst of a quiet entity
+        # stands out even when the stream's rate makes every gap short.
+        gaps = n - 1.0  # gaps seen before this event's
+        gap = math.log1p(HOUR_S)
+        recent = gap
         if seen_before:
             out[i, C_PRICE_DEV] = (a - fast_amount[s]) / max(abs(fast_amount[s]), 1e-9)
-            out[i, C_SINCE] = min(max((t - lt) / 1000.0, 0.0), HOUR_S)
+            since = min(max((t - lt) / 1000.0, 0.0), HOUR_S)
+            out[i, C_SINCE] = since
+            gap = math.log1p(since)
+            recent = gap_recent[s] + max(params[P_A_GAP], 1.0 / (gaps + 1.0)) * (
+                gap - gap_recent[s]
+            )
         else:
             out[i, C_SINCE] = HOUR_S
+        out[i, C_GAP_RECENT] = recent
+        out[i, C_GAP_SHIFT] = gap_slow[s] - recent if gaps >= 2.0 else 0.0
         out[i, C_SEEN] = math.log1p(n)
         q = quantity[i]
         has_q = not math.isnan(q)
@@ -201,6 +217,9 @@ def process_events(  # type: ignore[no-untyped-def]
                     logsp - logspread_mean[s]
                 )
                 nspread[s] += 1
+            if seen_before:
+                gap_slow[s] += max(params[P_A_SLOW], 1.0 / (gaps + 1.0)) * (gap - gap_slow[s])
+                gap_recent[s] = recent
             n_seen[s] += 1
             last_ts[s] = ref
             last_offset[s] = max(last_offset[s], offset[i])
