@@ -79,6 +79,21 @@ def start_router(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes
     )  # fmt: skip
 
 
+def kill_after_decisions(
+    cfg: PlatformConfig, proc: subprocess.Popen[bytes], log: Path, decisions: int
+) -> None:
+    """SIGKILL the router once `decisions` are on `scores` (mid-stream: no clean stop)."""
+    try:
+        deadline = time.monotonic() + 120
+        while sum(end_offsets(cfg, cfg.kafka.topics.scores.name).values()) < decisions:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 @pytest.fixture
 def stream(
     platform_config: Callable[[], PlatformConfig],
@@ -186,15 +201,7 @@ def test_kill_9_mid_stream_loses_nothing_and_commits_only_what_was_decided(
     log = tmp_path / "router.log"
     first = start_router(config, log, "--batch-max", str(batch), "--max-in-flight",
                          str(in_flight))  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while sum(end_offsets(cfg, topics.scores.name).values()) < 1_500:
-            assert first.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(10)
+    kill_after_decisions(cfg, first, log, 1_500)
     group = f"{config.parent.name}-router"
     committed = committed_offsets(cfg, group, topics.features.name)
     assert sum(max(o, 0) for o in committed.values()) < EVENTS, "killed after the work"
@@ -329,15 +336,7 @@ def test_a_static_member_killed_hard_is_replaced_at_once(
     scores = cfg.kafka.topics.scores.name
     log = tmp_path / "router.log"
     first = start_router(static, log, "--batch-max", "60", "--max-in-flight", "2")
-    try:
-        deadline = time.monotonic() + 120
-        while sum(end_offsets(cfg, scores).values()) < 1_500:
-            assert first.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(10)
+    kill_after_decisions(cfg, first, log, 1_500)
     time.sleep(1.0)  # the last produce requests of the dead process have landed
     before = sum(end_offsets(cfg, scores).values())
     started = time.monotonic()
