@@ -13,7 +13,7 @@ an unsupervised forest that splits on them learns one population and one stream 
 its calibration does not carry over to another stream (measured: 13.7% of a new stream's
 normal events above the 0.997 calibrated threshold with them, 0.5% without). They are
 ignored by fitting on a copy where those columns are constant: a tree never splits on a
-constant feature, so the fitted forest (and its ONNX export) still takes all 24 features
+constant feature, so the fitted forest (and its ONNX export) still takes all 25 features
 and simply never looks at these.
 
 Raw output: `decision_function` (= `score_samples - offset_`), which is the `scores`

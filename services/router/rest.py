@@ -59,7 +59,8 @@ _EXAMPLE_FEATURES = {
     "spread_ratio": 1.0, "level_shift": 0.2, "time_since_prev_s": 14.0,
     "log_gap_recent": 2.6, "gap_shift": 0.3,
     "distinct_counterparties_1h": 5.0, "distinct_countries_1h": 1.0,
-    "counterparty_novel": 0.0, "country_novel": 0.0, "entity_events_seen": 5.3,
+    "counterparty_novel": 0.0, "counterparty_streak": 0.69, "country_novel": 0.0,
+    "entity_events_seen": 5.3,
     "global_rate_1m": 480.0,
 }  # fmt: skip
 _SCORE_EXAMPLES: dict[str, Any] = {

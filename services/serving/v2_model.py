@@ -1,6 +1,6 @@
 """One KServe model per model kind, serving one or more registry versions over V2.
 
-Request: one input tensor `features`, FP32, shape [n, 24] (rows) or [n, L, 24] (the
+Request: one input tensor `features`, FP32, shape [n, 25] (rows) or [n, L, 25] (the
 Transformer's sequences), with L and 22 fixed by the version's metadata. Response:
 `score` (FP32 [n], calibrated to [0, 1]), `raw` (FP32 [n], the score before calibration) and,
 for XGBoost, `anomaly_type` (INT32 [n], index into `AnomalyType`). The response names the

@@ -164,7 +164,7 @@ def test_corrupt_checkpoint_is_refused() -> None:
 
 
 def test_state_of_an_older_layout_starts_cold_instead_of_failing_the_restore() -> None:
-    """After an upgrade that added features (FE1 -> FE2), the changelog still holds FE1
+    """After an upgrade that added features (FE1 -> FE3), the changelog still holds FE1
     blobs: the restore skips them (those entities start empty) and restores the rest."""
     engine = FeatureEngine()
     engine.process(columns_from_events([ev(0, "a", 0, 1), ev(1_000, "b", 0, 1)]))
@@ -231,7 +231,7 @@ def test_stable_hash_is_process_independent_and_nonzero() -> None:
 
 def test_schema_hash_tracks_names() -> None:
     assert len(feature_schema_hash()) == 16
-    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 24
+    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 25
 
 
 def test_the_largest_accepted_values_keep_every_feature_finite() -> None:
@@ -290,3 +290,14 @@ def test_gap_shift_measures_a_burst_against_the_entity_own_pace() -> None:
     assert q[39, recent] == pytest.approx(math.log1p(30.0), rel=1e-6)
     assert b[-1, recent] == pytest.approx(math.log1p(0.2), rel=1e-3)
     assert q[0, recent] == pytest.approx(math.log1p(3600.0)) and q[0, shift] == 0.0
+
+
+def test_counterparty_streak_counts_a_run_at_one_counterparty() -> None:
+    """A run at one merchant (card testing) grows the streak; another counterparty starts a
+    new one, and an event without a counterparty neither extends nor breaks it."""
+    col = FEATURE_NAMES.index("counterparty_streak")
+    events = [ev(0, "a", 0, 10, counterparty="m1"), ev(1, "a", 1, 10, counterparty="m2")]
+    events += [ev(2 + i, "a", 2 + i, 1, counterparty="m3") for i in range(5)]
+    events += [ev(7, "a", 8, 10), ev(8, "a", 9, 10, counterparty="m3")]
+    got = np.expm1(run(events)[:, col]).round(6).tolist()
+    assert got == [1, 1, 1, 2, 3, 4, 5, 0, 6]

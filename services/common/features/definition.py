@@ -64,6 +64,8 @@ FEATURE_DOCS: Final[dict[str, str]] = {
     "distinct_counterparties_1h": "Distinct counterparties of the entity in the last hour.",
     "distinct_countries_1h": "Distinct countries of the entity in the last hour.",
     "counterparty_novel": "1 if the counterparty is not in the entity's remembered history.",
+    "counterparty_streak": "log(1 + consecutive events of the entity with this counterparty, "
+    "this one included): a run at one merchant (card testing) or venue.",
     "country_novel": "1 if the country is not in the entity's remembered history.",
     # history depth and context
     "entity_events_seen": "log(1 + events seen from the entity): how far to trust its baselines.",
@@ -73,7 +75,7 @@ FEATURE_DOCS: Final[dict[str, str]] = {
 FEATURE_NAMES: Final[tuple[str, ...]] = tuple(FEATURE_DOCS)
 """Column order of every feature matrix and vector."""
 
-FEATURE_SCHEMA_VERSION: Final = 2
+FEATURE_SCHEMA_VERSION: Final = 3
 
 
 def feature_schema_hash() -> str:

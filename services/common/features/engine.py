@@ -97,6 +97,8 @@ _SCALARS: tuple[tuple[str, type[np.generic], float], ...] = (
     ("nspread", np.int64, 0),
     ("gap_slow", np.float64, 0.0),
     ("gap_recent", np.float64, 0.0),
+    ("last_cp", np.int64, 0),
+    ("cp_streak", np.float64, 0.0),
 )
 _PANE_ARRAYS: tuple[tuple[str, type[np.generic], float], ...] = (
     ("pane_epoch", np.int64, -1),
@@ -255,6 +257,7 @@ class FeatureEngine:
             st["last_ts"], st["n_seen"], st["last_offset"], st["slow_mean"], st["slow_var"],
             st["medium_mean"], st["fast_amount"], st["logq_mean"], st["nq"],
             st["logspread_mean"], st["nspread"], st["gap_slow"], st["gap_recent"],
+            st["last_cp"], st["cp_streak"],
             st["pane_epoch"], st["pane_count"], st["pane_amount"], st["pane_x"], st["pane_x2"],
             self._pane_start, self._pane_n, self._pane_ms,
             st["cp_values"], st["cp_seen"], st["co_values"], st["co_seen"],
@@ -369,6 +372,7 @@ class FeatureEngine:
         return len(records)
 
 
-_STATE_VERSION = b"FE2:"
-_OLDER_STATE_VERSIONS = (b"FE1:",)
-"""Layouts of earlier releases (FE1: before the inter-arrival baselines): skipped on restore."""
+_STATE_VERSION = b"FE3:"
+_OLDER_STATE_VERSIONS = (b"FE1:", b"FE2:")
+"""Layouts of earlier releases, skipped on restore (FE1: before the inter-arrival baselines;
+FE2: before the counterparty streak)."""

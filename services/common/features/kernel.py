@@ -41,6 +41,7 @@ C_GAP_SHIFT = _C["gap_shift"]
 C_DISTINCT_CP = _C["distinct_counterparties_1h"]
 C_DISTINCT_CO = _C["distinct_countries_1h"]
 C_NOVEL_CP = _C["counterparty_novel"]
+C_CP_STREAK = _C["counterparty_streak"]
 C_NOVEL_CO = _C["country_novel"]
 C_SEEN = _C["entity_events_seen"]
 
@@ -113,6 +114,8 @@ def process_events(  # type: ignore[no-untyped-def]
     nspread,
     gap_slow,
     gap_recent,
+    last_cp,
+    cp_streak,
     pane_epoch,
     pane_count,
     pane_amount,
@@ -181,6 +184,10 @@ def process_events(  # type: ignore[no-untyped-def]
         cp = counterparty[i]
         co = country[i]
         out[i, C_NOVEL_CP] = 1.0 if cp != 0 and not _known(cp_values, s, cp) else 0.0
+        streak = 0.0  # events without a counterparty neither extend nor break a run
+        if cp != 0:
+            streak = cp_streak[s] + 1.0 if last_cp[s] == cp else 1.0
+        out[i, C_CP_STREAK] = math.log1p(streak) if cp != 0 else 0.0
         out[i, C_NOVEL_CO] = 1.0 if co != 0 and not _known(co_values, s, co) else 0.0
 
         # ---- update state (late and re-delivered events leave it alone)
@@ -201,6 +208,8 @@ def process_events(  # type: ignore[no-untyped-def]
                     pane_x2[s, c] += x * x
             if cp != 0:
                 _remember(cp_values, cp_seen, s, cp, t)
+                last_cp[s] = cp
+                cp_streak[s] = streak
             if co != 0:
                 _remember(co_values, co_seen, s, co, t)
             w_slow = max(params[P_A_SLOW], 1.0 / (n + 1.0))
