@@ -44,6 +44,21 @@ def feature_contract() -> dict[str, Any]:
     }
 
 
+def on_current_features(metadata: dict[str, Any]) -> bool:
+    """True when a version was trained on the feature names and schema this code computes
+    (the registry refuses to load others; the main job retrains them)."""
+    return metadata.get("feature_schema_hash") == feature_schema_hash() and metadata.get(
+        "feature_names"
+    ) == list(FEATURE_NAMES)
+
+
+def training_events_per_s(metadata: dict[str, Any]) -> float | None:
+    """Events per second of event time the version's training data had (None: not recorded,
+    as before it was, or data without timestamps)."""
+    trained = metadata.get("training_data", {}).get("events_per_s")
+    return float(trained) if isinstance(trained, int | float) and trained > 0 else None
+
+
 def utc_now() -> str:
     """Creation time, ISO-8601 UTC."""
     return datetime.now(UTC).replace(microsecond=0).isoformat()

@@ -45,6 +45,7 @@ from models.errors import (
     VersionExistsError,
 )
 from models.isolation_forest import KIND as ISOLATION_FOREST_KIND
+from models.metadata import on_current_features
 from models.transformer import KIND as TRANSFORMER_KIND
 from models.triton import triton_config
 from models.xgb_classifier import KIND as XGBOOST_KIND
@@ -338,8 +339,8 @@ class Registry:
             version = self.resolve_with_flags(name, flags) if flags else self.resolve(name)
         self.verify(name, version)
         metadata = self.metadata(name, version)
-        schema = metadata.get("feature_schema_hash")
-        if schema != feature_schema_hash() or metadata.get("feature_names") != list(FEATURE_NAMES):
+        if not on_current_features(metadata):
+            schema = metadata.get("feature_schema_hash")
             raise IncompatibleModelError(
                 f"{name.value} version {version} was trained on feature schema {schema}, "
                 f"this code computes {feature_schema_hash()}: retrain it"

@@ -228,7 +228,7 @@ def stale_schema_models(registry: Registry, cfg: PlatformConfig) -> list[str]:
     versions; the main job must train new ones rather than fail at start. A version pinned
     in the flags is left to its pin (the server then says which one to retrain).
     """
-    from services.common.features.definition import feature_schema_hash
+    from models.metadata import on_current_features
     from services.common.model_names import ModelName
 
     out = []
@@ -237,7 +237,7 @@ def stale_schema_models(registry: Registry, cfg: PlatformConfig) -> list[str]:
         if flag is not None and flag.version is not None:
             continue
         version = registry.resolve_with_flags(name, cfg.flags)
-        if registry.metadata(name, version).get("feature_schema_hash") != feature_schema_hash():
+        if not on_current_features(registry.metadata(name, version)):
             out.append(f"{name.value} v{version}")
     return out
 
@@ -253,13 +253,14 @@ def rate_mismatches(registry: Registry, cfg: PlatformConfig, event_rate: float) 
     1,000 events/s takes ordinary traffic at 5,000/s for bursts; the summary's FPR then
     looks like a model problem when it is a set-up one (seen: 2.5% instead of ~0.4%).
     """
+    from models.metadata import training_events_per_s
     from services.common.model_names import ModelName
 
     out = []
     for name in ModelName:
         version = registry.resolve_with_flags(name, cfg.flags)
-        trained = registry.metadata(name, version).get("training_data", {}).get("events_per_s")
-        if not isinstance(trained, int | float) or trained <= 0:
+        trained = training_events_per_s(registry.metadata(name, version))
+        if trained is None:
             continue  # trained before the rate was recorded, or on data without timestamps
         ratio = event_rate / trained
         if ratio > RATE_TOLERANCE or ratio < 1 / RATE_TOLERANCE:

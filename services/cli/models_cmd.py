@@ -134,12 +134,13 @@ def _training_event_rate(loaded: Mapping[ModelName, Any]) -> float:
     Why: the count and rate features scale with the event rate, so models trained at
     5,000/s and evaluated on a 1,000/s stream see every entity as unusually quiet; the
     report then blames the models for a set-up mismatch (seen: Transformer ROC-AUC 0.38
-    instead of ~0.95). Versions trained before the rate was recorded count as 1,000/s.
+    instead of 0.86). Versions trained before the rate was recorded count as 1,000/s.
     """
+    from models.metadata import training_events_per_s
+
     rates: dict[float, list[str]] = {}
     for name, model in loaded.items():
-        trained = model.metadata.get("training_data", {}).get("events_per_s")
-        per_s = float(trained) if isinstance(trained, int | float) and trained > 0 else None
+        per_s = training_events_per_s(model.metadata)
         rate = DEFAULT_EVENT_RATE if per_s is None else per_s
         rates.setdefault(rate, []).append(f"{name.value} v{model.version}")
     if len(rates) > 1:

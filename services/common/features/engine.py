@@ -334,16 +334,16 @@ class FeatureEngine:
 
     def import_state(self, records: list[tuple[str, int, bytes]]) -> int:
         """Restore entities from changelog blobs (latest per entity); returns how many."""
-        stale = [r for r in records if r[2].startswith(_OLDER_STATE_VERSIONS)]
-        if stale:
+        current = [r for r in records if not r[2].startswith(_OLDER_STATE_VERSIONS)]
+        if stale := len(records) - len(current):
             # An upgrade changed the state's layout (new features): such entities start
             # cold, as new ones do, instead of the restore failing on every start.
-            self.stale_states += len(stale)
+            self.stale_states += stale
             log.warning(
                 "%d entities' window state was written by an older engine layout: they "
-                "start from empty state", len(stale),
+                "start from empty state", stale,
             )  # fmt: skip
-            records = [r for r in records if not r[2].startswith(_OLDER_STATE_VERSIONS)]
+            records = current
         if not records:
             return 0
         arrays = self._slot_arrays()

@@ -46,6 +46,8 @@ C_NOVEL_CO = _C["country_novel"]
 C_SEEN = _C["entity_events_seen"]
 
 HOUR_S = 3600.0
+LOG_HOUR = math.log1p(HOUR_S)
+"""log(1 + the longest gap): the inter-arrival value of an entity's first event."""
 STD_FLOOR = 0.05
 """Smallest baseline std of log-amount: a 5% move is never a 'huge' z-score."""
 
@@ -158,7 +160,7 @@ def process_events(  # type: ignore[no-untyped-def]
         # Inter-arrival baselines: the entity's own pace, so that a burst of a quiet entity
         # stands out even when the stream's rate makes every gap short.
         gaps = n - 1.0  # gaps seen before this event's
-        gap = math.log1p(HOUR_S)
+        gap = LOG_HOUR
         recent = gap
         if seen_before:
             out[i, C_PRICE_DEV] = (a - fast_amount[s]) / max(abs(fast_amount[s]), 1e-9)
