@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -40,10 +40,10 @@ from services.common.features.messages import (
     entity_ids_of,
 )
 from services.common.kafka.clients import (
-    ConsumedBatch,
+    ConsumedColumns,
+    consumed_columns,
     make_consumer,
     make_producer,
-    split_consumed,
 )
 from services.common.kafka.dead_letters import send_dead_letter
 from services.router.alerts import AlertDelivery
@@ -65,6 +65,9 @@ class _Consumed:
     features: FeatureBatch
     inflight: InFlightBatch
     started: float
+    keys: list[bytes] | None
+    """The decisions' message keys: the consumed ones (entity ids as bytes) when every
+    message decoded, so that they are not encoded again."""
     scoring: asyncio.Task[ScoredBatch] | None = None
 
 
@@ -188,15 +191,18 @@ class StreamScorer:
     ) -> _Consumed | None:
         """Decode a consumed batch, register it for commit, and start scoring it."""
         started = time.perf_counter()
-        consumed = split_consumed(msgs, log)
+        consumed = consumed_columns(msgs, log)
         if not consumed.commit_to:
             return None
         inflight = self._inflight.add(consumed.commit_to)
+        keys = consumed.keys()
+        good_keys: list[bytes] | None = None
         try:
-            features = decode_feature_messages(consumed.values, entity_ids_of(consumed.keys))
+            features = decode_feature_messages(consumed.values, entity_ids_of(keys))
+            good_keys = cast(list[bytes], keys)  # entity_ids_of refuses None
         except FeatureMessageError:
-            features = self._decode_each(consumed, producer, inflight)
-        item = _Consumed(features, inflight, started)
+            features = self._decode_each(consumed, keys, producer, inflight)
+        item = _Consumed(features, inflight, started, good_keys)
         if len(features):
             item.scoring = asyncio.ensure_future(
                 core.score(features.event_ids, features.entity_ids, features.matrix, features.ts)
@@ -212,7 +218,7 @@ class StreamScorer:
         scored = await item.scoring
         inflight = item.inflight
         values = encode_decisions(scored)
-        keys = [e.encode() for e in scored.entity_ids]
+        keys = item.keys if item.keys is not None else [e.encode() for e in scored.entity_ids]
         self._produce(producer, [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)],
                       inflight)  # fmt: skip
         alerts = scored.alerts(self.live.get())
@@ -283,7 +289,8 @@ class StreamScorer:
 
     def _decode_each(
         self,
-        consumed: ConsumedBatch,
+        consumed: ConsumedColumns,
+        keys: list[bytes | None],
         producer: Producer,
         inflight: InFlightBatch,
     ) -> FeatureBatch:
@@ -292,7 +299,7 @@ class StreamScorer:
         good_values, good_keys = [], []
         for i, value in enumerate(consumed.values):
             try:
-                key = entity_id_of(consumed.keys[i])
+                key = entity_id_of(keys[i])
                 decode_feature_messages([value], [key])
             except FeatureMessageError as exc:
                 inflight.pending += 1
@@ -300,10 +307,10 @@ class StreamScorer:
                     producer,
                     self._dlq,
                     Rejected(i, value, str(exc), None),
-                    key=consumed.keys[i],
+                    key=keys[i],
                     source_topic=self._topic,
-                    partition=consumed.partitions[i],
-                    offset=consumed.offsets[i],
+                    partition=int(consumed.partitions[i]),
+                    offset=int(consumed.offsets[i]),
                     on_delivery=inflight.on_delivery,
                 )
                 self.metrics.dead_letters.inc()
@@ -311,8 +318,8 @@ class StreamScorer:
                     "features message sent to the dead-letter topic",
                     extra={
                         "reason": str(exc),
-                        "partition": consumed.partitions[i],
-                        "offset": consumed.offsets[i],
+                        "partition": int(consumed.partitions[i]),
+                        "offset": int(consumed.offsets[i]),
                     },
                 )
                 continue
