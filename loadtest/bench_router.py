@@ -100,7 +100,8 @@ def feature_data(events: int, entities: int, seed: int, warmup: int) -> FeatureD
 
 
 def fit_events(store: Path) -> int:
-    """Events the served XGBoost was fitted on: how far into a stream its calibration is.
+    """Events of its training stream before the served XGBoost's hold-out part (warm-up and
+    fit part): how far into a stream its calibration is.
 
     Window features and entity baselines keep changing while a stream is young (the 1 h
     windows are not even full after 1M events at 1,000/s); the models are fitted and
@@ -109,13 +110,13 @@ def fit_events(store: Path) -> int:
     the cascade's uncertain band (~10% on a stream as old as the fit part), so the bench
     would time the Transformer on traffic production never sends it.
     """
+    from models.metadata import calibration_stream_age
     from models.registry import Registry
     from services.common.model_names import ModelName
 
     registry = Registry(store)
     version = registry.resolve(ModelName.XGBOOST)
-    meta = registry.metadata(ModelName.XGBOOST, version)
-    return int(meta["training_data"]["fit_events"])
+    return calibration_stream_age(registry.metadata(ModelName.XGBOOST, version))
 
 
 def train_store(root: Path) -> Path:

@@ -101,18 +101,21 @@ def evaluate_stream(
         raise ValueError(f"warmup_events ({start}) must leave events to measure (stream: {n})")
     cut = start + round((n - start) * settings.tune_fraction)
     tune, test = slice(start, cut), slice(cut, n)
-    labels = data.labels
-    test_labels = labels[test]
-    tune_normal = labels[tune] == 0
+    # Model scores exist for the measured events only (the warm-up is history): the same
+    # parts, counted from the first measured event.
+    m_tune, m_test = slice(0, cut - start), slice(cut - start, n - start)
+    labels = data.labels[start:]
+    test_labels = labels[m_test]
+    tune_normal = labels[m_tune] == 0
     if (test_labels > 0).sum() == 0:
         raise ValueError("the test part of the stream has no labelled anomalies to measure")
 
     batches: dict[ModelName, ScoreBatch] = {}
     for name, scorer in scorers.items():
         progress(f"[evaluate] scoring with {name.value}")
-        batch = score_stream(scorer, data, progress)
+        batch = score_stream(scorer, data, progress, start=start)
         if settings.recalibrate:
-            table = QuantileCalibrator.fit(batch.raw[tune][tune_normal])
+            table = QuantileCalibrator.fit(batch.raw[m_tune][tune_normal])
             batch = ScoreBatch(table(batch.raw), batch.raw, batch.anomaly_type)
         batches[name] = batch
     test_scores: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
@@ -139,15 +142,15 @@ def evaluate_stream(
         "ensemble": {"configured_strategy": ensemble.strategy, "strategies": {}},
     }
     for name, batch in batches.items():
-        metrics = detection_metrics(test_labels, batch.score[test])
+        metrics = detection_metrics(test_labels, batch.score[m_test])
         metrics["version"] = (versions or {}).get(name)
         if batch.anomaly_type is not None:
             anomalous = test_labels > 0
             metrics["type_accuracy"] = float(
-                (batch.anomaly_type[test][anomalous] + 1 == test_labels[anomalous]).mean()
+                (batch.anomaly_type[m_test][anomalous] + 1 == test_labels[anomalous]).mean()
             )
         report["models"][name.value] = metrics
-        test_scores[name.value] = batch.score[test]
+        test_scores[name.value] = batch.score[m_test]
 
     progress("[evaluate] baselines")
     for key, baseline in fit_baselines(data.matrix[tune][tune_normal]).items():
@@ -160,20 +163,20 @@ def evaluate_stream(
     strategies = (ensemble.strategy, *(s for s in STRATEGIES if s != ensemble.strategy))
     for strategy in strategies:
         decided = decide_batch(scores, types, _with_strategy(ensemble, strategy), flags)
-        threshold = threshold_for_fpr(decided.score[tune][tune_normal], settings.target_fpr)
-        tuned = decided.score[test] >= threshold
+        threshold = threshold_for_fpr(decided.score[m_tune][tune_normal], settings.target_fpr)
+        tuned = decided.score[m_test] >= threshold
         entry = {
-            "metrics": detection_metrics(test_labels, decided.score[test]),
-            "as_configured": decision_metrics(test_labels, decided.anomalous[test]),
+            "metrics": detection_metrics(test_labels, decided.score[m_test]),
+            "as_configured": decision_metrics(test_labels, decided.anomalous[m_test]),
             "tuned": {
                 "threshold": threshold,
                 **decision_metrics(test_labels, tuned),
             },
         }
         report["ensemble"]["strategies"][strategy] = entry
-        test_scores[f"ensemble:{strategy}"] = decided.score[test]
+        test_scores[f"ensemble:{strategy}"] = decided.score[m_test]
     report["ensemble"]["suggested"] = _suggest_weights(
-        scores, types, ensemble, flags, labels, tune, test, settings.target_fpr
+        scores, types, ensemble, flags, labels, m_tune, m_test, settings.target_fpr
     )
     report["comparison"] = _comparison(
         report, test_labels, test_scores, ensemble.strategy, settings

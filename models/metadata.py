@@ -59,6 +59,14 @@ def training_events_per_s(metadata: dict[str, Any]) -> float | None:
     return float(trained) if isinstance(trained, int | float) and trained > 0 else None
 
 
+def calibration_stream_age(metadata: dict[str, Any]) -> int:
+    """Events of its training stream before the version's hold-out part (warm-up + fit),
+    where its calibration table was made: an evaluation stream warmed up that long meets
+    features as old as the calibration's (versions before the warm-up existed had none)."""
+    data = metadata.get("training_data", {})
+    return int(data.get("warmup_events", 0)) + int(data["fit_events"])
+
+
 def utc_now() -> str:
     """Creation time, ISO-8601 UTC."""
     return datetime.now(UTC).replace(microsecond=0).isoformat()

@@ -63,19 +63,26 @@ def score_stream(
     data: LabelledFeatures,
     progress: Progress = silent,
     index: np.ndarray[Any, np.dtype[np.int64]] | None = None,
+    start: int = 0,
 ) -> ScoreBatch:
-    """Calibrated score (and type) of every event of the stream, in stream order."""
+    """Calibrated score (and type) of the events from `start` on, in stream order.
+
+    The events before `start` are history only: sequence models still see them in each
+    entity's sequence, as serving does after a long run, but a warm-up of millions of events
+    costs no model time."""
     n = len(data)
+    if not 0 <= start <= n:
+        raise ValueError(f"start must be within [0, {n}], got {start}")
     sequences = scorer.kind.input_kind is InputKind.SEQUENCES
     if sequences and index is None:
         index = history_index(data.entity, scorer.sequence_length)
     raws: list[F32] = []
-    for start in range(0, n, BATCH_ROWS):
-        stop = min(n, start + BATCH_ROWS)
+    for first in range(start, n, BATCH_ROWS):
+        stop = min(n, first + BATCH_ROWS)
         if sequences and index is not None:
-            x = gather_sequences(data.matrix, index[start:stop])
+            x = gather_sequences(data.matrix, index[first:stop])
         else:
-            x = data.matrix[start:stop]
+            x = data.matrix[first:stop]
         raws.append(scorer.raw_output(x))
         progress(f"[score] {scorer.name.value}: {stop:,}/{n:,} events")
     raw_out = np.concatenate(raws) if raws else np.empty(0, np.float32)

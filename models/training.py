@@ -1,8 +1,15 @@
 """Training the three detectors: split, fit, calibrate, export, check parity, register.
 
-Split: by stream order, the first `1 - holdout_fraction` of events fit the models and the
-rest is held out. Holding out the *end* of the stream (not random rows) keeps the held-out
-events' feature windows unseen in training, as a future stream's are. The held-out normal
+Split: by stream order, after `warmup_events` leading events that only carry window state and
+sequence history (never fitted or calibrated on), the first `1 - holdout_fraction` of the
+rest fit the models and the remainder is held out. Why a warm-up: the features of a young
+stream are not those of a running deployment (one-hour windows still filling, entity
+baselines built on a few events), and models fitted and calibrated on them meet a mature
+stream as shifted; measured with XGBoost alone on one generated stream at 5,000/s, the same
+1.6M fit events at stream age 0, 2M and 5.8M gave TPR 79.6%, 82.7% and 83.5% at FPR 0.3%
+on the 600k events after them (an older stream also gives each entity more history).
+Holding out the *end* of the stream (not random rows) keeps the held-out events' feature
+windows unseen in training, as a future stream's are. The held-out normal
 events build each model's calibration table; the held-out anomalies give the metrics
 recorded in the metadata. A separately generated stream (`anomaly evaluate`) is the real
 test.
@@ -54,6 +61,8 @@ class TrainSettings:
     seed: int = 42
     models: tuple[ModelName, ...] = tuple(ModelName)
     holdout_fraction: float = 0.2
+    warmup_events: int = 0
+    """Leading events of the data that only warm state and sequence history up."""
     isolation_forest: IsolationForestSettings = field(default_factory=IsolationForestSettings)
     xgboost: XGBoostSettings = field(default_factory=XGBoostSettings)
     transformer: TransformerSettings = field(default_factory=TransformerSettings)
@@ -65,6 +74,8 @@ class TrainSettings:
             raise ValueError(
                 f"holdout_fraction must be within [0.05, 0.5], got {self.holdout_fraction}"
             )
+        if self.warmup_events < 0:
+            raise ValueError(f"warmup_events must be >= 0, got {self.warmup_events}")
 
 
 def small_settings(seed: int = 1) -> TrainSettings:
@@ -98,11 +109,17 @@ class _Split:
     holdout: np.ndarray[Any, np.dtype[np.int64]]
 
 
-def _split(n: int, holdout_fraction: float) -> _Split:
-    cut = round(n * (1.0 - holdout_fraction))
-    if cut < 1 or cut >= n:
-        raise TrainingDataError(f"{n} events are too few to split into fit and hold-out parts")
-    return _Split(np.arange(cut, dtype=np.int64), np.arange(cut, n, dtype=np.int64))
+def _split(n: int, holdout_fraction: float, warmup: int = 0) -> _Split:
+    if warmup >= n:
+        raise TrainingDataError(
+            f"the warm-up ({warmup:,} events) leaves nothing of the {n:,} events to train on"
+        )
+    cut = warmup + round((n - warmup) * (1.0 - holdout_fraction))
+    if cut <= warmup or cut >= n:
+        raise TrainingDataError(
+            f"{n - warmup} events are too few to split into fit and hold-out parts"
+        )
+    return _Split(np.arange(warmup, cut, dtype=np.int64), np.arange(cut, n, dtype=np.int64))
 
 
 class _Inputs:
@@ -189,8 +206,8 @@ def train_model(
     if name is ModelName.XGBOOST:
         if not data.labelled:
             raise TrainingDataError("XGBoost is supervised: give a labels file (--labels)")
-        check_labels(data.labels)
-    split = _split(len(data), settings.holdout_fraction)
+        check_labels(data.labels[settings.warmup_events :])
+    split = _split(len(data), settings.holdout_fraction, settings.warmup_events)
     kind = KINDS[name]
     inputs = _Inputs(data, settings.transformer.sequence_length)
     clock = Stopwatch()
@@ -252,6 +269,7 @@ def train_model(
             "source": source,
             "events": len(data),
             "events_per_s": data.events_per_s(),
+            "warmup_events": settings.warmup_events,
             "fit_events": len(split.fit),
             "holdout_events": len(holdout),
             "label_counts": data.label_counts(),
@@ -310,10 +328,11 @@ def train_all(
     """
     settings = settings or TrainSettings()
     data.validate()
+    _split(len(data), settings.holdout_fraction, settings.warmup_events)  # before any fit
     if ModelName.XGBOOST in settings.models:
         if not data.labelled:
             raise TrainingDataError("XGBoost is supervised: give a labels file (--labels)")
-        check_labels(data.labels)
+        check_labels(data.labels[settings.warmup_events :])
     out: dict[ModelName, TrainedModel] = {}
     for name in _ordered(settings.models):
         trained = train_model(name, data, settings, progress, source)

@@ -202,6 +202,17 @@ def train(
         float | None, typer.Option("--anomaly-rate", help="Anomaly rate of the generated stream.")
     ] = None,
     event_rate: EventRateOption = None,
+    warmup_events: Annotated[
+        int,
+        typer.Option(
+            "--warmup-events",
+            min=0,
+            help="Leading events that only warm the window state and sequence history up, "
+            "so the models are fitted and calibrated on a mature stream, as a running "
+            "deployment's is (generated: made in addition to --events; --data: the file's "
+            "first rows).",
+        ),
+    ] = 0,
     promote: Annotated[
         bool, typer.Option("--promote", help="Promote the new versions once registered.")
     ] = False,
@@ -226,11 +237,14 @@ def train(
         names = _model_names(model)
         run_seed = cfg.generator.seed if seed is None else seed
         clock = Stopwatch()
+        generated = warmup_events + events if data is None else events
         dataset, source = _dataset(
-            cfg, data, labels, run_seed, events, entities, anomaly_rate, event_rate, progress
+            cfg, data, labels, run_seed, generated, entities, anomaly_rate, event_rate, progress
         )
         progress(f"[data] {len(dataset):,} events ready in {clock.seconds:.1f} s")
-        settings = TrainSettings(seed=run_seed, models=names)
+        if warmup_events:
+            source += f", the first {warmup_events:,} for warm-up only"
+        settings = TrainSettings(seed=run_seed, models=names, warmup_events=warmup_events)
         if device is not None:
             settings = dataclasses.replace(
                 settings, transformer=dataclasses.replace(settings.transformer, device=device)
@@ -301,8 +315,9 @@ def evaluate(
         typer.Option(
             "--warmup-events",
             help="Leading events of the generated stream that only warm the window state "
-            "up (default: as many as the models' fit part, so the test part has the stream "
-            "age the calibration was made at; 0 for --data).",
+            "up (default: as many as preceded the models' hold-out part in training, "
+            "warm-up and fit part, so the test part has the stream age the calibration was "
+            "made at; 0 for --data).",
         ),
     ] = None,
     target_fpr: Annotated[
@@ -336,6 +351,7 @@ def evaluate(
     def _run() -> None:
         from models.adbench import default_adbench_dir, run_adbench
         from models.evaluation import EvaluationSettings, evaluate_stream
+        from models.metadata import calibration_stream_age
         from models.registry import Registry, Runtime
         from models.report import write_report
         from models.scoring import ModelScorer
@@ -363,7 +379,7 @@ def evaluate(
         if warmup_events is not None:
             warmup = warmup_events
         elif data is None:
-            warmup = max(int(m.metadata["training_data"]["fit_events"]) for m in loaded.values())
+            warmup = max(calibration_stream_age(m.metadata) for m in loaded.values())
         else:
             warmup = 0
         per_s = event_rate

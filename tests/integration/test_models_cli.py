@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +22,23 @@ def make_app() -> typer.Typer:
     app.command("evaluate")(evaluate)
     app.add_typer(models_app, name="models")
     return app
+
+
+def evaluate_forest_only(store: Path) -> dict[str, Any]:
+    """`anomaly evaluate --events 3000` of a store holding only an Isolation Forest (the
+    other models disabled by flags); the report, written next to the store."""
+    config = store / "platform.yaml"
+    config.write_text(
+        "flags:\n  models:\n    xgboost: {enabled: false}\n    transformer: {enabled: false}\n"
+    )
+    evaluated = CliRunner().invoke(
+        make_app(),
+        ["evaluate", "--events", "3000", "--store", str(store), "--config", str(config),
+         "--out", str(store / "report"), "--skip-adbench", "--quiet"],
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    report: dict[str, Any] = json.loads((store / "report" / "report.json").read_text())
+    return report
 
 
 @pytest.fixture(scope="module")
@@ -119,17 +137,7 @@ def test_train_records_the_event_rate_of_its_stream(tmp_path: Path) -> None:
         make_app(), ["train", "--event-rate", "0", "--store", str(tmp_path), "--quiet"]
     )
     assert refused.exit_code == 2 and "event-rate" in refused.output
-    config = tmp_path / "platform.yaml"
-    config.write_text(
-        "flags:\n  models:\n    xgboost: {enabled: false}\n    transformer: {enabled: false}\n"
-    )
-    evaluated = CliRunner().invoke(
-        make_app(),
-        ["evaluate", "--events", "3000", "--store", str(tmp_path), "--config", str(config),
-         "--out", str(tmp_path / "report"), "--skip-adbench", "--quiet"],
-    )  # fmt: skip
-    assert evaluated.exit_code == 0, evaluated.output
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    report = evaluate_forest_only(tmp_path)
     evaluated_rate = float(report["source"].rsplit("event_rate=", 1)[1].removesuffix("/s"))
     assert evaluated_rate == pytest.approx(25_000, rel=0.05)  # the training rate, not 1,000/s
 
@@ -150,3 +158,28 @@ def test_evaluate_refuses_to_guess_between_training_rates() -> None:
     mixed = {ModelName.ISOLATION_FOREST: model(1, 5_000.0), ModelName.XGBOOST: model(2, 1_000.0)}
     with pytest.raises(UserError, match=r"xgboost v2 at 1,000/s; isolation_forest v1 at 5,000/s"):
         _training_event_rate(mixed)
+
+
+def test_train_warm_up_and_the_evaluation_stream_age(tmp_path: Path) -> None:
+    """A training warm-up is made in addition to --events, kept out of fit and calibration,
+    and evaluate's default warm-up is then the whole age of the calibration (warm-up + fit)."""
+    result = CliRunner().invoke(
+        make_app(),
+        ["train", "--model", "isolation_forest", "--events", "3000", "--warmup-events", "2000",
+         "--seed", "3", "--entities", "100", "--store", str(tmp_path), "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "isolation_forest" / "1" / "metadata.json").read_text())
+    data = meta["training_data"]
+    assert (data["events"], data["warmup_events"], data["fit_events"]) == (5_000, 2_000, 2_400)
+    assert data["holdout_events"] == 600
+    assert "the first 2,000 for warm-up only" in data["source"]
+    report = evaluate_forest_only(tmp_path)
+    assert report["stream"]["warmup_events"] == 4_400
+    assert report["stream"]["events"] == 7_400
+    too_long = CliRunner().invoke(
+        make_app(),
+        ["train", "--model", "isolation_forest", "--data", str(tmp_path / "missing.jsonl"),
+         "--warmup-events", "-1", "--store", str(tmp_path), "--quiet"],
+    )  # fmt: skip
+    assert too_long.exit_code == 2 and "warmup-events" in too_long.output

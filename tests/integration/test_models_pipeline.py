@@ -6,6 +6,7 @@ Small on purpose (30k events, tiny models): the whole module runs in well under 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -17,12 +18,14 @@ import pytest
 
 from models.adbench import check_dataset, default_adbench_dir
 from models.dataset import FeatureBuilder, LabelledFeatures, parse_raw_events
+from models.errors import TrainingDataError
 from models.evaluation import EvaluationSettings, evaluate_stream
 from models.isolation_forest import IsolationForestSettings
 from models.metric_series import read_metric_series, score_metric_series, write_scores_csv
+from models.metrics import detection_metrics
 from models.registry import CHECKSUMS_FILE, LoadedModel, Registry
 from models.report import write_report
-from models.scoring import ModelScorer
+from models.scoring import ModelScorer, score_stream
 from models.sequences import gather_sequences, history_index
 from models.training import TrainedModel, TrainSettings, train_all, train_model
 from models.transformer import TransformerSettings, fit_transformer
@@ -161,6 +164,38 @@ def test_same_seed_same_models(
     assert np.array_equal(a.raw_output(x), b.raw_output(x))
 
 
+def test_scoring_from_a_start_keeps_the_history(loaded: dict[ModelName, LoadedModel]) -> None:
+    """Events before `start` are not scored, yet the Transformer's sequences still reach
+    into them: the scores are those of scoring everything, from `start` on."""
+    held_out = stream(seed=2, events=6_000)
+    for name in (ModelName.TRANSFORMER, ModelName.XGBOOST):
+        scorer = ModelScorer.from_loaded(loaded[name])
+        everything = score_stream(scorer, held_out)
+        tail = score_stream(scorer, held_out, start=4_000)
+        assert len(tail.score) == 2_000
+        np.testing.assert_array_equal(tail.raw, everything.raw[4_000:])
+    with pytest.raises(ValueError, match="start must be within"):
+        score_stream(ModelScorer.from_loaded(loaded[ModelName.XGBOOST]), held_out, start=6_001)
+
+
+def test_training_warm_up_is_neither_fitted_nor_calibrated_on(data: LabelledFeatures) -> None:
+    """With a warm-up, the fit part starts after it: the forest fitted on a stream whose
+    warm-up rows are garbage equals the forest fitted on the same stream with clean ones."""
+    settings = dataclasses.replace(SETTINGS, warmup_events=10_000)
+    clean = train_model(ModelName.ISOLATION_FOREST, data, settings)
+    spoiled_matrix = data.matrix.copy()
+    spoiled_matrix[:10_000] = 1e6  # would dominate the forest and its calibration
+    spoiled = dataclasses.replace(data, matrix=spoiled_matrix)
+    other = train_model(ModelName.ISOLATION_FOREST, spoiled, settings)
+    assert clean.metadata["training_data"]["fit_events"] == 16_000
+    assert clean.metadata["training_data"]["warmup_events"] == 10_000
+    assert clean.calibrator.to_dict() == other.calibrator.to_dict()
+    with pytest.raises(TrainingDataError, match="leaves nothing"):
+        train_model(
+            ModelName.ISOLATION_FOREST, data, dataclasses.replace(settings, warmup_events=30_000)
+        )
+
+
 def test_evaluation_report(loaded: dict[ModelName, LoadedModel], tmp_path: Path) -> None:
     held_out = stream(seed=2, events=20_000)
     scorers = {name: ModelScorer.from_loaded(model) for name, model in loaded.items()}
@@ -191,6 +226,15 @@ def test_evaluation_report(loaded: dict[ModelName, LoadedModel], tmp_path: Path)
         settings=EvaluationSettings(tune_fraction=0.5, warmup_events=2_000, recalibrate=True),
     ).report
     assert recalibrated["stream"]["warmup_events"] == 2_000
+    # Figures are on the test part after the warm-up, whose scores are those of the full stream.
+    warmed = evaluate_stream(
+        held_out, scorers, EnsembleConfig(), settings=EvaluationSettings(warmup_events=8_000)
+    )
+    full = score_stream(scorers[ModelName.TRANSFORMER], held_out).score
+    np.testing.assert_array_equal(warmed.test_scores["transformer"], full[14_000:])
+    assert warmed.report["models"]["transformer"]["roc_auc"] == pytest.approx(
+        detection_metrics(held_out.labels[14_000:], full[14_000:])["roc_auc"]
+    )
     assert recalibrated["protocol"]["recalibrated_on_tuning_part"] is True
 
 
