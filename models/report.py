@@ -78,6 +78,19 @@ def _suggested_rows(report: dict[str, Any], baseline_tpr: float) -> list[str]:
     ]
 
 
+def _oracle_rows(report: dict[str, Any]) -> list[str]:
+    """The generator's upper bound for the test part (generated streams only)."""
+    oracle = report.get("oracle")
+    if not oracle:
+        return []
+    spikes = _fmt(oracle["payment_price_spike_recall"])
+    return [
+        f"| oracle ceiling: TPR any detector could reach ({oracle['note']}; handed over: "
+        f"{', '.join(oracle['handed_over'])}) | {_fmt(oracle['tpr'])} (FPR "
+        f"{_fmt(oracle['fpr'], 4)}; payment price spikes {spikes}) |"
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables."""
     comp = report["comparison"]
@@ -113,6 +126,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"| recall gain over the best baseline | {comp['recall_gain_points'] * 100:+.1f} points "
         f"({_fmt(comp['recall_gain_relative'] * 100, 1)}% relative) |",
         *_suggested_rows(report, base["tpr"]),
+        *_oracle_rows(report),
         f"| TPR target ≥ {comp['target_tpr']:.0%} met | {comp['tpr_target_met']} |",
         f"| gain target ≥ {comp['target_gain'] * 100:.0f} points met | {comp['gain_target_met']} |",
         "",

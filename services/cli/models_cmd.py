@@ -53,30 +53,27 @@ def _progress(quiet: bool) -> Any:
     return silent if quiet else stderr_progress
 
 
-def _generated(
+def _generated_spec(
+    cfg: PlatformConfig,
     seed: int,
-    events: int,
-    entities: int,
-    anomaly_rate: float,
-    payment_share: float,
-    event_rate: float,
-    progress: Any,
+    entities: int | None,
+    anomaly_rate: float | None,
+    event_rate: float | None,
 ) -> Any:
-    """Features of a stream generated in-process (never written to disk)."""
-    from models.dataset import generated_features
+    """The StreamSpec of a generated training or evaluation stream (config defaults)."""
     from services.generator import GeneratorError, StreamSpec
 
+    gen = cfg.generator
     try:
-        spec = StreamSpec(
+        return StreamSpec(
             seed=seed,
-            entities=entities,
-            anomaly_rate=anomaly_rate,
-            payment_share=payment_share,
-            rate=event_rate,
+            entities=gen.entities if entities is None else entities,
+            anomaly_rate=gen.anomaly_rate if anomaly_rate is None else anomaly_rate,
+            payment_share=gen.payment_share,
+            rate=DEFAULT_EVENT_RATE if event_rate is None else event_rate,
         )
     except GeneratorError as exc:
         raise UserError(str(exc)) from None
-    return generated_features(spec, events, progress)
 
 
 def _dataset(
@@ -99,17 +96,16 @@ def _dataset(
         )
     if labels is not None:
         raise UserError("--labels needs --data (generated streams bring their own labels)")
-    gen = cfg.generator
-    entities = gen.entities if entities is None else entities
-    rate = gen.anomaly_rate if anomaly_rate is None else anomaly_rate
-    per_s = DEFAULT_EVENT_RATE if event_rate is None else event_rate
+    from models.dataset import generated_features
+
+    spec = _generated_spec(cfg, seed, entities, anomaly_rate, event_rate)
     source = (
-        f"generated stream seed={seed} events={events} entities={entities} "
-        f"anomaly_rate={rate} payment_share={gen.payment_share} event_rate={per_s:g}/s"
+        f"generated stream seed={seed} events={events} entities={spec.entities} "
+        f"anomaly_rate={spec.anomaly_rate} payment_share={spec.payment_share} "
+        f"event_rate={spec.rate:g}/s"
     )
     progress(f"[data] {source}")
-    data = _generated(seed, events, entities, rate, gen.payment_share, per_s, progress)
-    return data, source
+    return generated_features(spec, events, progress), source
 
 
 DEFAULT_EVENT_RATE: Final = 1_000.0
@@ -401,6 +397,17 @@ def evaluate(
         )  # fmt: skip
         result.report["source"] = source
         result.report["runtime"] = runtime
+        if data is None:
+            from services.generator.oracle import oracle_ceiling
+
+            progress("[evaluate] oracle ceiling of the test part")
+            stream = result.report["stream"]
+            result.report["oracle"] = oracle_ceiling(
+                _generated_spec(cfg, eval_seed, None, None, per_s),
+                stream["warmup_events"] + stream["tune_events"],
+                stream["events"],
+                target_fpr,
+            )
         if not skip_adbench:
             folder = adbench or default_adbench_dir(REPO_ROOT)
             result.report["adbench"] = run_adbench(folder, progress=progress)
@@ -416,6 +423,11 @@ def evaluate(
             f"{comp['baseline_at_target']['tpr']:.3f}; tuned threshold: TPR "
             f"{comp['ensemble_tuned_threshold']['tpr']:.3f} FPR "
             f"{comp['ensemble_tuned_threshold']['fpr']:.4f}"
+            + (
+                f"; oracle ceiling {result.report['oracle']['tpr']:.3f}"
+                if "oracle" in result.report
+                else ""
+            )
         )
         for path in paths:
             typer.echo(f"wrote {path}")

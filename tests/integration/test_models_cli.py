@@ -112,12 +112,17 @@ def test_event_rate_sets_the_time_scale_the_features_are_learnt_at() -> None:
     """--event-rate reaches the generator: the same events, packed 20x denser in event time,
     come 20x closer to their entity's previous event (what a model trained at 1,000/s would
     misread at 20,000/s)."""
-    from services.cli.models_cmd import _generated
+    from services.cli.models_cmd import _dataset
+    from services.common.config import PlatformConfig
     from services.common.features.definition import FEATURE_NAMES
 
     since_prev = FEATURE_NAMES.index("time_since_prev_s")
-    slow = _generated(5, 20_000, 200, 0.01, 0.5, 1_000.0, lambda _: None)
-    fast = _generated(5, 20_000, 200, 0.01, 0.5, 20_000.0, lambda _: None)
+    cfg = PlatformConfig()
+
+    def features(per_s: float) -> Any:
+        return _dataset(cfg, None, None, 5, 20_000, 200, 0.01, per_s, lambda _: None)[0]
+
+    slow, fast = features(1_000.0), features(20_000.0)
     assert list(slow.event_ids) == list(fast.event_ids)
     tail = slice(5_000, None)  # every entity seen: no first-event cap of one hour
     ratio = np.median(slow.matrix[tail, since_prev]) / np.median(fast.matrix[tail, since_prev])
@@ -177,6 +182,11 @@ def test_train_warm_up_and_the_evaluation_stream_age(tmp_path: Path) -> None:
     report = evaluate_forest_only(tmp_path)
     assert report["stream"]["warmup_events"] == 4_400
     assert report["stream"]["events"] == 7_400
+    # The generator's ceiling of the same test part: an upper bound of what was measured.
+    oracle = report["oracle"]
+    assert oracle["events"] == report["stream"]["test_events"]
+    assert report["comparison"]["ensemble_at_target"]["tpr"] <= oracle["tpr"] <= 1.0
+    assert "oracle ceiling" in (tmp_path / "report" / "report.md").read_text()
     too_long = CliRunner().invoke(
         make_app(),
         ["train", "--model", "isolation_forest", "--data", str(tmp_path / "missing.jsonl"),
