@@ -1,18 +1,19 @@
 """Evaluation on a labelled stream the models never saw: models, ensemble, baselines.
 
 Protocol (stated in every report): the stream's first `warmup_events` events only warm
-the per-entity window state up (they are scored, never measured); the rest is split by
-order into a *tuning* part (default its first half) and a *test* part. The tuning part
-fits the statistical baselines on its normal events and chooses the one ensemble threshold
-that gives the target FPR there; all figures are measured on the test part only. Nothing
-about the test part is used to choose anything, so the test figures are honest estimates
-for a stream of that kind.
+the per-entity window state up (never scored: they are the sequence models' history); the
+rest is split by order into a *tuning* part (default its first half) and a *test* part.
+The tuning part fits the statistical baselines on its normal events and chooses the one
+ensemble threshold that gives the target FPR there; all figures are measured on the test
+part only. Nothing about the test part is used to choose anything, so the test figures
+are honest estimates for a stream of that kind.
 
 Why a warm-up: window features and entity baselines depend on how long the stream has run
 (one-hour windows take an hour to fill; `entity_events_seen` only grows). Models calibrated
 on the end of a training stream see a younger stream as shifted, so the CLI by default
-warms an evaluation stream up for as many events as the models' fit part had, and its test
-part then sits at the stream age the calibration was made at.
+warms an evaluation stream up for as many events as preceded the models' hold-out part in
+training (their warm-up and fit part, `models.metadata.calibration_stream_age`), and its
+test part then sits at the stream age the calibration was made at.
 
 Figures per detector: ROC-AUC, PR-AUC, TPR at FPR <= 0.1% / 0.3% / 1% (each at the lowest
 threshold meeting the FPR bound on the test part) and recall per anomaly type there. For
