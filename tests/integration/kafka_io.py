@@ -34,8 +34,32 @@ def _headers(msg: Message) -> dict[str, bytes]:
     return out
 
 
-def create_topics(cfg: PlatformConfig) -> None:
-    ensure_topics(make_admin(cfg.kafka), pipeline_topics(cfg.kafka.topics))
+def create_topics(cfg: PlatformConfig, timeout_s: float = 30.0) -> None:
+    """Create the pipeline's topics and wait until every partition has a leader.
+
+    A created topic is not yet writable: until the controller has elected its partitions'
+    leaders, a producer's first records wait for metadata. On loaded CI cores that took
+    longer than a four-second Locust run, which then reported nothing.
+    """
+    admin = make_admin(cfg.kafka)
+    names = [spec.name for spec in pipeline_topics(cfg.kafka.topics)]
+    ensure_topics(admin, pipeline_topics(cfg.kafka.topics))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=5).topics
+        pending = [
+            n
+            for n in names
+            if n not in topics
+            or topics[n].error is not None
+            or not topics[n].partitions
+            or any(p.leader < 0 for p in topics[n].partitions.values())
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"topics without a leader after {timeout_s:g} s: {pending}")
+        time.sleep(0.1)
 
 
 def produce(cfg: PlatformConfig, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:

@@ -49,14 +49,31 @@ def run_locust(users: list[str], csv_prefix: Path, seconds: int, *args: str) -> 
     done = subprocess.run(
         cmd, cwd=ROOT, env=env, capture_output=True, timeout=seconds + 90, check=False
     )
+    Path(f"{csv_prefix}.stderr").write_bytes(done.stderr)
     assert done.returncode in (0, 1), done.stderr.decode()[-3000:]
     return done.returncode
 
 
+class _Rows(dict[str, dict[str, str]]):
+    """Statistics rows by name; a missing one fails with what locust said (a run that
+    reported nothing is otherwise a bare KeyError)."""
+
+    def __init__(self, rows: dict[str, dict[str, str]], log: str) -> None:
+        super().__init__(rows)
+        self.log = log
+
+    def __missing__(self, name: str) -> dict[str, str]:
+        raise AssertionError(f"locust reported no {name!r} requests; its stderr:\n{self.log}")
+
+
 def stats(csv_prefix: Path) -> dict[str, dict[str, str]]:
     """Rows of `<prefix>_stats.csv` by request name (the Aggregated row included)."""
+    log = Path(f"{csv_prefix}.stderr")
     with Path(f"{csv_prefix}_stats.csv").open() as f:
-        return {row["Name"]: row for row in csv.DictReader(f)}
+        return _Rows(
+            {row["Name"]: row for row in csv.DictReader(f)},
+            log.read_text(errors="replace")[-3000:] if log.exists() else "",
+        )
 
 
 def test_kafka_user_events_are_on_the_topic_as_reported(
