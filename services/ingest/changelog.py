@@ -122,6 +122,7 @@ class StateChangelog:
         (else the events replayed are lost from their state at the following restore).
         """
         started = time.monotonic()
+        stale_before = engine.stale_states
         records, markers = self._read_changelog(sorted(committed))
         out: dict[int, tuple[int, int]] = {}
         for partition in sorted(committed):
@@ -134,6 +135,14 @@ class StateChangelog:
         replayed = self._replay(engine, {p: (starts[p], c) for p, c in committed.items()}, touched)
         for partition, count in replayed.items():
             out[partition] = (out[partition][0], count)
+        if stale := engine.stale_states - stale_before:
+            # Entities not seen since an upgrade changed the state layout keep their old
+            # record in the compacted changelog until they are seen again: one line per
+            # restore, not one per partition on every start.
+            log.warning(
+                "%d entities' window state was written by an older engine layout: they "
+                "start from empty state", stale,
+            )  # fmt: skip
         log.info(
             "restored partition state",
             extra={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -235,6 +236,38 @@ def test_restarted_service_restores_window_state_from_the_changelog(
             np.testing.assert_allclose(row[PER_EVENT], reference[eid][PER_EVENT], rtol=1e-6)
             checked += 1
     assert checked == len(second)
+
+
+def test_state_of_an_older_layout_is_one_warning_per_restore(
+    config: PlatformConfig,
+    running: Callable[[PlatformConfig], Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Entities not seen since an upgrade keep their old-layout record in the compacted
+    changelog, spread over many partitions; a restore counts them and says so once (it
+    said so once per partition, 32 lines on every start of the main job)."""
+    topics = config.kafka.topics
+    produce(config, topics.events.name, encoded(make_events(100)))
+    with running(config) as service:
+        read_all(config, topics.features.name, expected=100)
+        assert len(service.engine) == 12
+    stale = [(f"acct-old-{i}".encode(), b"FE1:" + bytes(64)) for i in range(40)]
+    produce(config, topics.changelog.name, stale)
+    partitions = {r.partition for r in read_all(config, topics.changelog.name, 12 + 40)}
+    assert len(partitions) > 2
+    caplog.set_level(logging.WARNING)
+    with running(config) as restarted:
+        deadline = time.monotonic() + 30
+        while not restarted.ready()[0]:
+            assert time.monotonic() < deadline, restarted.ready()
+            time.sleep(0.005)
+        assert len(restarted.engine) == 12  # the current ones restored, the old ones not
+        assert restarted.engine.stale_states == 40
+    warnings = [r.getMessage() for r in caplog.records if "older engine layout" in r.getMessage()]
+    assert warnings == [
+        "40 entities' window state was written by an older engine layout: they start from "
+        "empty state"
+    ]
 
 
 def test_state_rebuilt_by_a_replay_is_written_to_the_changelog(

@@ -25,7 +25,6 @@ Windows always end at the newest time seen for the entity.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -35,8 +34,6 @@ import numpy.typing as npt
 from services.common.features.columns import I64, EventColumns
 from services.common.features.definition import FEATURE_NAMES, WINDOWS
 from services.common.features.kernel import process_events
-
-log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 BoolArr = npt.NDArray[np.bool_]
@@ -337,12 +334,10 @@ class FeatureEngine:
         current = [r for r in records if not r[2].startswith(_OLDER_STATE_VERSIONS)]
         if stale := len(records) - len(current):
             # An upgrade changed the state's layout (new features): such entities start
-            # cold, as new ones do, instead of the restore failing on every start.
+            # cold, as new ones do, instead of the restore failing on every start. Counted,
+            # not logged: a restore imports partition by partition, and its caller says once
+            # how many there were (`stale_states`).
             self.stale_states += stale
-            log.warning(
-                "%d entities' window state was written by an older engine layout: they "
-                "start from empty state", stale,
-            )  # fmt: skip
             records = current
         if not records:
             return 0
