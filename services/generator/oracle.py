@@ -40,13 +40,17 @@ from services.generator.anomalies import (
     VOLUME_BURST_FACTOR,
 )
 from services.generator.columns import F64, NORMAL_CODE
-from services.generator.population import TAIL_CLIP, TAIL_DF, Population, daily_profile
+from services.generator.population import (
+    QUANTITY_LOG_STD,
+    TAIL_CLIP,
+    TAIL_DF,
+    Population,
+    daily_profile,
+    hour_of_day,
+)
 from services.generator.reference_data import PAYMENT_AMOUNT, TRADE_QUANTITY
 from services.generator.spec import StreamSpec
 from services.generator.stream import EventStream
-
-QUANTITY_LOG_STD: Final = 0.8
-"""Log-scale noise of trade quantities (`population.sample_normal`)."""
 
 _SCALE: Final = math.sqrt(TAIL_DF / (TAIL_DF - 2.0))
 _CLIP: Final = TAIL_CLIP / _SCALE
@@ -99,7 +103,7 @@ def _measured_part(spec: StreamSpec, start: int, stop: int) -> tuple[_Part, Popu
         np.concatenate(p) for p in zip(*pieces, strict=True)
     )
     pop = stream.population
-    local = (ts / 3_600_000.0 + pop.utc_offset_h[entity]) % 24.0
+    local = hour_of_day(ts / 1000.0, pop.utc_offset_h[entity])
     part = _Part(
         label, trade, amount.astype(np.float64), quantity.astype(np.float64), entity, local
     )

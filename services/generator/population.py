@@ -42,6 +42,8 @@ TAIL_DF: Final = 4.0
 """Student-t degrees of freedom of log-amount noise: heavy tails, finite variance."""
 TAIL_CLIP: Final = 6.0
 """Largest |t| kept, so a legitimate amount is at most ~45x its entity's median."""
+QUANTITY_LOG_STD: Final = 0.8
+"""Log-scale spread of trade quantities around the instrument's median (heavy-tailed)."""
 
 _PAY_ACT = np.asarray(PAYMENT_ACTIVITY)
 _TRD_ACT = np.asarray(TRADE_ACTIVITY)
@@ -51,6 +53,12 @@ _TRD_SPR = np.asarray(TRADE_SPREAD)
 _COUNTRY_WEIGHTS = np.asarray([c.weight for c in COUNTRIES], dtype=np.float64)
 _COUNTRY_OFFSETS = np.asarray([c.utc_offset_h for c in COUNTRIES], dtype=np.float64)
 _CHANNEL_INDEX = {name: i for i, name in enumerate(CHANNELS)}
+
+
+def hour_of_day(t_s: F64 | float, utc_offset_h: F64) -> F64:
+    """Fractional local hour of day at event time `t_s` (epoch seconds)."""
+    hour: F64 = (t_s / 3600.0 + utc_offset_h) % 24.0
+    return hour
 
 
 def daily_profile(profile: F64, local_hour: F64) -> F64:
@@ -124,7 +132,7 @@ class Population:
         The total rate is the target rate; only its split moves with the local hour, so
         pacing and event time stay in step while each entity keeps its daily rhythm.
         """
-        local = (t_s / 3600.0 + self.utc_offset_h) % 24.0
+        local = hour_of_day(t_s, self.utc_offset_h)
         profile = np.where(
             self.is_trade, daily_profile(_TRD_ACT, local), daily_profile(_PAY_ACT, local)
         )
@@ -241,7 +249,7 @@ def sample_normal(
     n = len(entity)
     trade = pop.is_trade[entity]
     t_s = ts / 1000.0
-    local = (t_s / 3600.0 + pop.utc_offset_h[entity]) % 24.0
+    local = hour_of_day(t_s, pop.utc_offset_h[entity])
     noise = heavy_tail_noise(rng, n)
     gauss = rng.standard_normal(n)
     disp = pop.dispersion[entity]
@@ -256,7 +264,9 @@ def sample_normal(
     qty_noise = heavy_tail_noise(rng, n)
     quantity = np.where(
         trade,
-        pop.qty_median[entity] * daily_profile(_TRD_QTY, local) * np.exp(0.8 * qty_noise),
+        pop.qty_median[entity]
+        * daily_profile(_TRD_QTY, local)
+        * np.exp(QUANTITY_LOG_STD * qty_noise),
         1.0,
     )
     spread = np.where(

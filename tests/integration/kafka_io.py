@@ -42,8 +42,9 @@ def create_topics(cfg: PlatformConfig, timeout_s: float = 30.0) -> None:
     longer than a four-second Locust run, which then reported nothing.
     """
     admin = make_admin(cfg.kafka)
-    names = [spec.name for spec in pipeline_topics(cfg.kafka.topics)]
-    ensure_topics(admin, pipeline_topics(cfg.kafka.topics))
+    specs = pipeline_topics(cfg.kafka.topics)
+    ensure_topics(admin, specs)
+    names = [spec.name for spec in specs]
     deadline = time.monotonic() + timeout_s
     while True:
         topics = admin.list_topics(timeout=5).topics

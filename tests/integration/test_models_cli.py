@@ -24,6 +24,21 @@ def make_app() -> typer.Typer:
     return app
 
 
+def train_small_forest(store: Path, *options: str) -> dict[str, Any]:
+    """`anomaly train` of an Isolation Forest on 3,000 generated events (seed 3, 100
+    entities) with `options` into `store`; the new version's metadata."""
+    result = CliRunner().invoke(
+        make_app(),
+        ["train", "--model", "isolation_forest", "--events", "3000", "--seed", "3",
+         "--entities", "100", *options, "--store", str(store), "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta: dict[str, Any] = json.loads(
+        (store / "isolation_forest" / "1" / "metadata.json").read_text()
+    )
+    return meta
+
+
 def evaluate_forest_only(store: Path) -> dict[str, Any]:
     """`anomaly evaluate --events 3000` of a store holding only an Isolation Forest (the
     other models disabled by flags); the report, written next to the store."""
@@ -130,13 +145,7 @@ def test_event_rate_sets_the_time_scale_the_features_are_learnt_at() -> None:
 
 
 def test_train_records_the_event_rate_of_its_stream(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        make_app(),
-        ["train", "--model", "isolation_forest", "--events", "3000", "--seed", "3",
-         "--entities", "100", "--event-rate", "25000", "--store", str(tmp_path), "--quiet"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    meta = json.loads((tmp_path / "isolation_forest" / "1" / "metadata.json").read_text())
+    meta = train_small_forest(tmp_path, "--event-rate", "25000")
     assert meta["training_data"]["source"].endswith("event_rate=25000/s")
     refused = CliRunner().invoke(
         make_app(), ["train", "--event-rate", "0", "--store", str(tmp_path), "--quiet"]
@@ -168,14 +177,7 @@ def test_evaluate_refuses_to_guess_between_training_rates() -> None:
 def test_train_warm_up_and_the_evaluation_stream_age(tmp_path: Path) -> None:
     """A training warm-up is made in addition to --events, kept out of fit and calibration,
     and evaluate's default warm-up is then the whole age of the calibration (warm-up + fit)."""
-    result = CliRunner().invoke(
-        make_app(),
-        ["train", "--model", "isolation_forest", "--events", "3000", "--warmup-events", "2000",
-         "--seed", "3", "--entities", "100", "--store", str(tmp_path), "--quiet"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    meta = json.loads((tmp_path / "isolation_forest" / "1" / "metadata.json").read_text())
-    data = meta["training_data"]
+    data = train_small_forest(tmp_path, "--warmup-events", "2000")["training_data"]
     assert (data["events"], data["warmup_events"], data["fit_events"]) == (5_000, 2_000, 2_400)
     assert data["holdout_events"] == 600
     assert "the first 2,000 for warm-up only" in data["source"]
@@ -187,9 +189,9 @@ def test_train_warm_up_and_the_evaluation_stream_age(tmp_path: Path) -> None:
     assert oracle["events"] == report["stream"]["test_events"]
     assert report["comparison"]["ensemble_at_target"]["tpr"] <= oracle["tpr"] <= 1.0
     assert "oracle ceiling" in (tmp_path / "report" / "report.md").read_text()
-    too_long = CliRunner().invoke(
+    negative = CliRunner().invoke(
         make_app(),
         ["train", "--model", "isolation_forest", "--data", str(tmp_path / "missing.jsonl"),
          "--warmup-events", "-1", "--store", str(tmp_path), "--quiet"],
     )  # fmt: skip
-    assert too_long.exit_code == 2 and "warmup-events" in too_long.output
+    assert negative.exit_code == 2 and "warmup-events" in negative.output

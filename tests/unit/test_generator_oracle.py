@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from services.common.anomaly_types import AnomalyType
 from services.generator import StreamSpec
+from services.generator.anomalies import CODE
+from services.generator.columns import NORMAL_CODE
 from services.generator.oracle import noise_cdf, oracle_ceiling
 from services.generator.population import heavy_tail_noise
 
@@ -47,9 +50,9 @@ def test_ceiling_is_above_a_detector_that_knows_as_much() -> None:
 
     part, pop = _measured_part(SPEC, 20_000, 80_000)
     oracle = oracle_ceiling(SPEC, 20_000, 80_000, 0.003)
-    normal = part.label < 0
-    spikes = (part.label == 0) & ~part.is_trade
-    hard = spikes | (part.label == 1)
+    normal = part.label == NORMAL_CODE
+    spikes = (part.label == CODE[AnomalyType.PRICE_SPIKE]) & ~part.is_trade
+    hard = spikes | (part.label == CODE[AnomalyType.VOLUME_BURST])
     z = np.where(
         part.is_trade,
         -np.inf,
