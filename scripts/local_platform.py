@@ -78,6 +78,10 @@ class PlatformOptions:
     strategy: str = "cascade"
     wipe_broker: bool = False
     """Delete the broker's data at the end (a broker on a throwaway port)."""
+    fresh_broker: bool = False
+    """Delete the broker's data before starting it, when this run starts it (a broker that is
+    already answering is left alone): topics, committed offsets and the window-state
+    changelog of an earlier run are gone, so the run starts from empty state."""
     log_name: str = "run-local"
     extra_env: dict[str, str] = field(default_factory=dict)
     """Set in this process's environment (and so the services') before anything starts."""
@@ -307,6 +311,21 @@ class RunningPlatform:
             service.check_alive()
 
 
+def start_broker(broker: LocalKafka, fresh: bool, log: Callable[[str], None]) -> bool:
+    """Start `broker` unless it is answering; True if this call started it.
+
+    `fresh` wipes its data first, but only when this call starts it: a broker someone else
+    runs is theirs, and its topics may be in use.
+    """
+    if broker.is_answering():
+        return False
+    if fresh and broker.is_formatted():
+        log(f"starting from empty state: wiping the previous run's broker data {broker.data_dir}")
+        broker.wipe()
+    broker.start()
+    return True
+
+
 @contextlib.contextmanager
 def platform(opts: PlatformOptions) -> Iterator[RunningPlatform]:
     """Broker, topics, feature store, models, receiver, model server, ingest and router;
@@ -314,8 +333,8 @@ def platform(opts: PlatformOptions) -> Iterator[RunningPlatform]:
     log = make_logger(opts.log_name)
     os.environ.update(opts.extra_env)
     broker = LocalKafka(port=opts.kafka_port)
-    started_broker = not broker.is_answering()
-    bootstrap = broker.start()
+    started_broker = start_broker(broker, opts.fresh_broker, log)
+    bootstrap = broker.bootstrap_servers
     receiver = ReceiverServer(port=opts.receiver_port).start()
     stack: RunningPlatform | None = None
     try:

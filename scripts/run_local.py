@@ -9,7 +9,15 @@ decisions per second, consumer lag, event-to-features and event-to-decision late
 anomaly type and TPR/FPR against the injected anomalies. Ctrl-C (or the end of `--seconds`)
 stops everything it started, in order, and leaves no process behind.
 
-    python scripts/run_local.py [--rate 5000] [--seconds 60] [--port 9092]
+Each run starts from empty pipeline state (the broker's data of the previous run is wiped
+before the broker starts): the generated stream is new each run and starts at the wall clock,
+so window state restored from a run hours ago describes another time of day of the same
+entities, and its baselines then read the daily profile's move as slow drift (measured: FPR
+2.16% on the run after a three-hour pause, 0.60% on the run right after it). `--keep-state`
+keeps the topics and restores that state instead (the restart path: static group members,
+changelog restore). A broker that is already running is never wiped.
+
+    python scripts/run_local.py [--rate 5000] [--seconds 60] [--port 9092] [--keep-state]
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ def options(args: argparse.Namespace) -> PlatformOptions:
         train_events=args.train_events,
         train_event_rate=args.rate,
         strategy=args.strategy,
+        fresh_broker=not args.keep_state,
     )
 
 
@@ -65,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--strategy", default="cascade", choices=STRATEGIES,
         help="ensemble strategy (cascade: the Transformer only where the others are unsure)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-state", action="store_true",
+        help="keep the previous run's topics and window state (default: start from empty state)",
     )  # fmt: skip
     parser.add_argument("--entities", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=42)
