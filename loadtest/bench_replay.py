@@ -68,7 +68,9 @@ def main() -> None:
         return sum(len(b.events) for b in EventSource(stream, batch_rows=args.batch_size).batches())
 
     def read_and_features() -> int:
-        features = StreamFeatures(cfg.ingest.allowed_lateness_ms)
+        features = StreamFeatures(
+            cfg.ingest.allowed_lateness_ms, round(cfg.ingest.idle_state_ttl_s * 1000)
+        )
         n = 0
         for batch in EventSource(stream, batch_rows=args.batch_size).batches():
             n += len(features.rows(batch.events).event_ids)

@@ -6,8 +6,9 @@ partition number as the entity's events). After the entity records of a checkpoi
 *marker* record per partition holds the `events` position the checkpoint covers.
 
 Restore on assignment of partition p:
-1. read changelog partition p to its end; the latest record per entity is its state, the
-   latest marker is position S (or the start of the partition when there is none);
+1. read changelog partition p to its end; the latest record per entity is its state (none
+   when it is a tombstone: the entity expired, `idle_state_ttl_s`), the latest marker is
+   position S (or the start of the partition when there is none);
 2. replay `events` of p from S up to the group's committed offset C into the engine, without
    publishing anything: that brings the state to exactly where the outputs stopped. An entity
    whose record is newer than S (a checkpoint that crashed before its marker) skips the events
@@ -59,12 +60,19 @@ class StateChangelog:
     # ------------------------------------------------------------------ writing
 
     def checkpoint(
-        self, engine: FeatureEngine, slots: Iterable[int], positions: dict[int, int]
+        self,
+        engine: FeatureEngine,
+        slots: Iterable[int],
+        positions: dict[int, int],
+        expired: Iterable[tuple[str, int]] = (),
     ) -> int:
-        """Write the state of `slots`, then a marker per partition in `positions`; wait for acks.
+        """Write the state of `slots`, a tombstone per `expired` (entity, partition), then a
+        marker per partition in `positions`; wait for acks.
 
         `positions` maps partition -> next `events` offset; every event before it must already
-        be applied to the state being written.
+        be applied to the state being written. A tombstone (null value) is how a compacted
+        topic deletes a key: compaction drops the entity's older records, then the tombstone
+        itself after `delete.retention.ms`.
         """
         records = engine.export_state(np.fromiter(slots, dtype=np.int64))
         failures: list[str] = []
@@ -76,6 +84,8 @@ class StateChangelog:
         produce = self._producer.produce
         for entity, partition, blob in records:
             self._produce(produce, partition, entity.encode(), blob, on_delivery)
+        for entity, partition in expired:
+            self._produce(produce, partition, entity.encode(), None, on_delivery)
         for partition, position in positions.items():
             self._produce(produce, partition, MARKER_KEY, str(position).encode(), on_delivery)
         remaining = self._producer.flush(60.0)
@@ -91,7 +101,7 @@ class StateChangelog:
         produce: Callable[..., None],
         partition: int,
         key: bytes,
-        value: bytes,
+        value: bytes | None,
         on_delivery: Callable[[KafkaError | None, object], None],
     ) -> None:
         while True:
@@ -191,6 +201,8 @@ class StateChangelog:
                             markers[partition] = int(value)
                     elif key is not None and value is not None:
                         records[partition][key.decode()] = value
+                    elif key is not None:  # a tombstone not yet compacted away: expired
+                        records[partition].pop(key.decode(), None)
                     if offset + 1 >= remaining.get(partition, 0):
                         remaining.pop(partition, None)
             if remaining:

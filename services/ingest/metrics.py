@@ -109,6 +109,11 @@ class IngestMetrics:
             "Events re-applied to window state after a restore (not re-published).",
             registry=registry,
         )
+        self.expired_entities = Counter(
+            "anomaly_ingest_expired_entities_total",
+            "Entities whose window state was dropped after `idle_state_ttl_s` without events.",
+            registry=registry,
+        )
 
 
 def dead_letter_field(field: str | None) -> str:

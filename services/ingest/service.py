@@ -108,7 +108,12 @@ class IngestService:
         self.config = config
         self.topics = config.kafka.topics
         ing = config.ingest
-        self.engine = FeatureEngine(EngineSettings(allowed_lateness_ms=ing.allowed_lateness_ms))
+        self.engine = FeatureEngine(
+            EngineSettings(
+                allowed_lateness_ms=ing.allowed_lateness_ms,
+                idle_ttl_ms=round(ing.idle_state_ttl_s * 1000),
+            )
+        )
         self.metrics = metrics or IngestMetrics()
         self.online = (
             CoalescingOnlineWriter(
@@ -423,11 +428,18 @@ class IngestService:
         # The state about to be written holds every processed event: commit them all first,
         # so that the marker positions equal the commits and a restore replays nothing twice.
         self._commit_all()
+        # Expired entities leave as tombstones in this checkpoint, before its markers: a
+        # restore from these markers must not bring them back.
+        expired = self.engine.expire_idle(owned)
         part_of = self.engine.partition_of
+        if expired:
+            self._dirty = {s for s in self._dirty if part_of[s] >= 0}  # released slots
         slots = [s for s in self._dirty if int(part_of[s]) in owned]
         positions = {p: self._positions[p] for p in owned if p in self._positions}
-        written = self.changelog.checkpoint(self.engine, slots, positions)
+        written = self.changelog.checkpoint(self.engine, slots, positions, expired)
         self._dirty.difference_update(slots)
+        self.metrics.expired_entities.inc(len(expired))
+        self.metrics.entities.set(len(self.engine))
         self._last_checkpoint = time.monotonic()
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         return written

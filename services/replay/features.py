@@ -2,9 +2,9 @@
 
 One `FeatureEngine` holds the state of every entity for the whole replay (ingest splits it by
 partition; the features of an event depend only on its own entity's history, so the result is
-the same), with the ingest configuration's lateness bound. Events go through it the way
-training fed it (`models.dataset.feature_batches`), so the one batch-granular feature
-(`global_rate_1m`) is computed as the models were trained on it.
+the same), with the ingest configuration's lateness bound and idle-state TTL. Events go
+through it the way training fed it (`models.dataset.feature_batches`), so the one
+batch-granular feature (`global_rate_1m`) is computed as the models were trained on it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from models.dataset import feature_batches
 from services.common.events import Event
-from services.common.features.definition import FEATURE_NAMES
+from services.common.features.definition import FEATURE_NAMES, IDLE_TTL_MS_DEFAULT
 from services.common.features.engine import EngineSettings, FeatureEngine
 
 
@@ -36,8 +36,10 @@ class FeatureRows:
 class StreamFeatures:
     """Turns the events of one stream, batch after batch, into feature rows."""
 
-    def __init__(self, allowed_lateness_ms: int) -> None:
-        self._engine = FeatureEngine(EngineSettings(allowed_lateness_ms=allowed_lateness_ms))
+    def __init__(self, allowed_lateness_ms: int, idle_ttl_ms: int = IDLE_TTL_MS_DEFAULT) -> None:
+        self._engine = FeatureEngine(
+            EngineSettings(allowed_lateness_ms=allowed_lateness_ms, idle_ttl_ms=idle_ttl_ms)
+        )
 
     def rows(self, events: Sequence[Event]) -> FeatureRows:
         """Features of the next events of the stream (in their order)."""

@@ -153,7 +153,9 @@ class _Run:
         self.rejects = rejects
         self.label_map = label_map
         self.matched_labels: set[str] = set()
-        self.features = StreamFeatures(config.ingest.allowed_lateness_ms)
+        self.features = StreamFeatures(
+            config.ingest.allowed_lateness_ms, round(config.ingest.idle_state_ttl_s * 1000)
+        )
         self.tally = Tally()
         self.progress = progress
         self.started = time.perf_counter()

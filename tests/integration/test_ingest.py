@@ -270,6 +270,41 @@ def test_state_of_an_older_layout_is_one_warning_per_restore(
     ]
 
 
+def test_entities_idle_past_the_ttl_leave_the_changelog_and_stay_gone_after_a_restart(
+    config: PlatformConfig, running: Callable[[PlatformConfig], Running]
+) -> None:
+    """Twelve entities, then two hours of event time without them (one event of another):
+    the next checkpoint frees them and writes a tombstone each, after their records, so a
+    restart, reading a changelog that compaction has not cleaned yet, does not bring them
+    back (before the TTL a restart restored every entity ever seen, for good)."""
+    config = config.model_copy(
+        update={"ingest": config.ingest.model_copy(update={"idle_state_ttl_s": 3_600.0})}
+    )
+    topics = config.kafka.topics
+    events = make_events(120)
+    later = dict(make_events(1)[0], event_id="ev-late", entity_id="acct-new", ts=T0 + 7_200_000)
+    produce(config, topics.events.name, encoded([*events, later]))
+    with running(config) as service:
+        read_all(config, topics.features.name, expected=len(events) + 1)
+        deadline = time.monotonic() + 30
+        while service.metrics.expired_entities._value.get() < 12:
+            assert time.monotonic() < deadline, service.metrics.expired_entities._value.get()
+            time.sleep(0.05)
+        assert len(service.engine) == 1 and service.engine.slot("acct-new") is not None
+        assert service.metrics.entities._value.get() == 1
+    changelog = read_all(config, topics.changelog.name, expected=12 + 1 + 12)
+    latest = {r.key: r.value for r in changelog}  # in partition order, as compaction keeps it
+    assert {k for k, v in latest.items() if v == b""} == {f"acct-{i}".encode() for i in range(12)}
+    # No periodic checkpoint (which would expire them again) before the restore is looked at.
+    slow = config.ingest.model_copy(update={"checkpoint_interval_s": 600.0})
+    with running(config.model_copy(update={"ingest": slow})) as restarted:
+        deadline = time.monotonic() + 30
+        while not restarted.ready()[0]:
+            assert time.monotonic() < deadline, restarted.ready()
+            time.sleep(0.005)
+        assert len(restarted.engine) == 1 and restarted.engine.slot("acct-new") is not None
+
+
 def test_state_rebuilt_by_a_replay_is_written_to_the_changelog(
     config: PlatformConfig, running: Callable[[PlatformConfig], Running]
 ) -> None:

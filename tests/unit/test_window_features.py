@@ -301,3 +301,85 @@ def test_counterparty_streak_counts_a_run_at_one_counterparty() -> None:
     events += [ev(7, "a", 8, 10), ev(8, "a", 9, 10, counterparty="m3")]
     got = np.expm1(run(events)[:, col]).round(6).tolist()
     assert got == [1, 1, 1, 2, 3, 4, 5, 0, 6]
+
+
+HOUR = 3_600.0
+TTL = EngineSettings(idle_ttl_ms=int(2 * HOUR * 1000))
+
+
+def _history(entity: str, start_s: float = 0) -> list[dict[str, Any]]:
+    """Six events over ten minutes, with counterparties, a country, quantities and spreads."""
+    return [
+        ev(i, entity, start_s + 100 * i, 20 + i, counterparty=f"c{i % 2}", country="DE",
+           quantity=3, spread_bps=4.0)
+        for i in range(6)
+    ]  # fmt: skip
+
+
+def test_an_entity_idle_past_the_ttl_starts_over_as_a_new_one() -> None:
+    """Its next event gets the features a never-seen entity's first event gets (the same
+    event into an empty engine), history, novelty memory and baselines all forgotten; one
+    idle for less keeps every bit of it."""
+    back_after = ev(9, "a", 500 + 2 * HOUR + 1, 35, counterparty="c0", country="DE", quantity=3)
+    engine = FeatureEngine(TTL)
+    run(_history("a"), engine)
+    returned = run([back_after], engine)[0]
+    first_sight = run([back_after], FeatureEngine(TTL))[0]
+    per_event = [i for i, name in enumerate(FEATURE_NAMES) if name != "global_rate_1m"]
+    np.testing.assert_array_equal(returned[per_event], first_sight[per_event])
+    assert returned[COL["counterparty_novel"]] == 1 and returned[COL["entity_events_seen"]] == 0
+
+    within = ev(9, "a", 500 + 2 * HOUR - 1, 35, counterparty="c0", country="DE", quantity=3)
+    engine = FeatureEngine(TTL)
+    run(_history("a"), engine)
+    row = run([within], engine)[0]
+    assert row[COL["counterparty_novel"]] == 0
+    assert row[COL["entity_events_seen"]] == pytest.approx(math.log1p(6))
+    # Without a TTL (0) even a year of silence keeps the history.
+    engine = FeatureEngine(EngineSettings(idle_ttl_ms=0))
+    run(_history("a"), engine)
+    a_year_later = dict(back_after, ts=T0 + 365 * 86_400_000)
+    assert run([a_year_later], engine)[0][COL["entity_events_seen"]] == pytest.approx(math.log1p(6))
+
+
+def test_expire_idle_frees_only_idle_slots_and_changes_no_feature() -> None:
+    """Expiry by the newest event time frees memory; an expired entity that comes back gets
+    the same features whether its slot was freed first or not (the kernel's own check)."""
+
+    def feed(engine: FeatureEngine, expire: bool) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        history = _history("quiet") + _history("busy")
+        engine.process(columns_from_events(history, partitions=[3] * len(history)))
+        engine.process(
+            columns_from_events([ev(20, "busy", 3 * HOUR, 20, counterparty="c0")], partitions=[3])
+        )
+        expired = engine.expire_idle() if expire else []
+        back = [ev(21, "quiet", 3 * HOUR + 5, 20, counterparty="c1", country="DE")]
+        return engine.process(columns_from_events(back, partitions=[3])).matrix, expired
+
+    swept = FeatureEngine(TTL)
+    with_sweep, expired = feed(swept, expire=True)
+    without_sweep, _ = feed(FeatureEngine(TTL), expire=False)
+    assert expired == [("quiet", 3)]
+    np.testing.assert_array_equal(with_sweep, without_sweep)
+    # The busy entity (seen at 3 h) kept its slot; the quiet one came back on a fresh slot.
+    assert len(swept) == 2 and swept.expire_idle() == []
+    # Only the partitions asked for.
+    engine = FeatureEngine(TTL)
+    engine.process(
+        columns_from_events(_history("p0") + _history("p1"), partitions=[0] * 6 + [1] * 6)
+    )
+    engine.process(columns_from_events([ev(30, "p2", 3 * HOUR, 1)], partitions=[2]))
+    assert engine.expire_idle({1}) == [("p1", 1)]
+    assert engine.slot("p0") is not None and engine.slot("p1") is None
+    assert FeatureEngine(EngineSettings(idle_ttl_ms=0)).expire_idle() == []
+
+
+def test_restored_state_sets_the_clock_idle_expiry_measures_by() -> None:
+    engine = FeatureEngine(TTL)
+    engine.process(
+        columns_from_events(_history("old") + _history("new", 3 * HOUR), partitions=[0] * 12)
+    )
+    restored = FeatureEngine(TTL)
+    restored.import_state(engine.export_state(np.arange(len(engine))))
+    assert restored.newest_ts == engine.newest_ts == T0 + int((3 * HOUR + 500) * 1000)
+    assert restored.expire_idle() == [("old", 0)]

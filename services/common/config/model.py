@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from services.common.anomaly_types import AnomalyType
+from services.common.features.definition import IDLE_TTL_MS_DEFAULT
 from services.common.model_names import ModelName
 
 
@@ -575,6 +576,12 @@ class IngestConfig(Section):
     panes) until then; producers' clocks drift by seconds, not by ten minutes."""
     checkpoint_interval_s: float = Field(default=10.0, gt=0, le=3600)
     """How often changed window state goes to the changelog; bounds replay after a crash."""
+    idle_state_ttl_s: float = Field(default=IDLE_TTL_MS_DEFAULT / 1000, ge=0)
+    """Window state of an entity silent this long (event time) is dropped: its next event
+    starts it over, and the checkpoint after it expires frees its memory and writes a
+    tombstone, so the compacted changelog forgets it too (0: keep every entity for good).
+    It shapes features (a restart resets an entity's history), so `anomaly replay` applies
+    it too; training uses the default."""
     session_timeout_ms: int = Field(default=45_000, ge=1_000, le=300_000)
     """How long a silent (crashed) member keeps its partitions before the group moves them."""
     write_online_store: bool = True

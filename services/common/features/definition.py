@@ -77,6 +77,11 @@ FEATURE_NAMES: Final[tuple[str, ...]] = tuple(FEATURE_DOCS)
 
 FEATURE_SCHEMA_VERSION: Final = 3
 
+IDLE_TTL_MS_DEFAULT: Final = 30 * 86_400_000
+"""30 days: an entity silent longer starts over (`EngineSettings.idle_ttl_ms`). Far longer
+than any window (1 h) or baseline memory, so it bounds state without touching the features
+of entities that are active."""
+
 
 def feature_schema_hash() -> str:
     """Short hash of names, order and version; stored with models to refuse mismatches."""

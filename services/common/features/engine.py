@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.features.columns import I64, EventColumns
-from services.common.features.definition import FEATURE_NAMES, WINDOWS
+from services.common.features.definition import FEATURE_NAMES, IDLE_TTL_MS_DEFAULT, WINDOWS
 from services.common.features.kernel import process_events
 
 F32 = npt.NDArray[np.float32]
@@ -62,6 +62,12 @@ class EngineSettings:
     alpha_gap: float = 0.3
     """Recent mean of the log inter-arrival time (~3 events): bursts (`gap_shift`); its
     long-run counterpart uses `alpha_slow`."""
+    idle_ttl_ms: int = IDLE_TTL_MS_DEFAULT
+    """An entity silent for longer than this (event time) starts over: its next event finds
+    empty state, and `expire_idle` frees its slot (0: never). Without it, state grows with
+    every entity ever seen, not with the active ones (a card used once in March holds its
+    slot and changelog record for good), as Flink's state TTL and Kafka Streams' store
+    retention exist to prevent."""
 
 
 @dataclass(slots=True)
@@ -148,6 +154,7 @@ class FeatureEngine:
                 st.alpha_fast,
                 st.alpha_volume,
                 st.alpha_gap,
+                st.idle_ttl_ms,
             ],
             dtype=np.float64,
         )
@@ -159,6 +166,8 @@ class FeatureEngine:
         """Restored entities whose state had an older layout and so started empty."""
         self.rate_scale = 1.0
         """Total over owned partitions; scales `global_rate_1m` to the whole stream."""
+        self.newest_ts = -1
+        """Newest event time seen (or restored): the clock `expire_idle` measures idleness by."""
 
     @staticmethod
     def _blank(
@@ -224,6 +233,37 @@ class FeatureEngine:
     def release_partition(self, partition: int) -> int:
         """Forget every entity of a revoked partition; returns how many were released."""
         slots = self.slots_of_partition(partition)
+        self._release(slots)
+        return int(slots.size)
+
+    def expire_idle(self, partitions: set[int] | None = None) -> list[tuple[str, int]]:
+        """Release the entities (of `partitions`, or all) idle past `idle_ttl_ms`.
+
+        Idle is measured against the newest event time seen, not the wall clock, so a replay
+        or a backlog after an outage expires what the live stream would have. An expired
+        entity's next event finds empty state either way (the kernel checks the same TTL
+        against the entity's own gap), so when this runs changes memory, not features (short
+        of an event out of order across entities by seconds at the TTL's edge). Returns
+        (entity, partition) of each released entity, for the changelog's tombstones.
+        """
+        ttl = self.settings.idle_ttl_ms
+        if ttl <= 0 or self.newest_ts < 0:
+            return []
+        last_ts: I64 = self.state["last_ts"].view(np.int64)
+        slots = np.flatnonzero((last_ts >= 0) & (last_ts < self.newest_ts - ttl))
+        if partitions is not None and slots.size:  # filter the few idle ones, not every slot
+            slots = slots[np.isin(self.partition_of[slots], np.fromiter(partitions, np.int32))]
+        if not slots.size:
+            return []
+        expired = [
+            (entity, int(self.partition_of[s]))
+            for s in slots.tolist()
+            if (entity := self._entity_of[s]) is not None
+        ]
+        self._release(slots)
+        return expired
+
+    def _release(self, slots: I64) -> None:
         for s in slots.tolist():
             entity = self._entity_of[s]
             if entity is not None:
@@ -234,7 +274,6 @@ class FeatureEngine:
             for name, _dtype, default, _width in self._layout:
                 self.state[name][slots] = default
             self.partition_of[slots] = -1
-        return int(slots.size)
 
     # ------------------------------------------------------------------ processing
 
@@ -261,6 +300,7 @@ class FeatureEngine:
             self._params, out, late,
         )  # fmt: skip
         self._global_rate(cols, late, out)
+        self.newest_ts = max(self.newest_ts, int(cols.ts.max()))
         self.late_events += int(late.sum())
         return BatchFeatures(out, late, np.unique(slots[~late]), slots, misrouted)
 
@@ -364,6 +404,7 @@ class FeatureEngine:
                 chunk = np.frombuffer(blob, dtype=arr.dtype, count=width, offset=pos)
                 arr[slot] = chunk if arr.ndim == 2 else chunk[0]
                 pos += width * arr.itemsize
+        self.newest_ts = max(self.newest_ts, int(self.state["last_ts"][slots].max()))
         return len(records)
 
 

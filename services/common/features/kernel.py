@@ -52,7 +52,7 @@ STD_FLOOR = 0.05
 """Smallest baseline std of log-amount: a 5% move is never a 'huge' z-score."""
 
 # Indices into the float parameter vector.
-P_LATENESS, P_A_SLOW, P_A_MEDIUM, P_A_FAST, P_A_VOLUME, P_A_GAP = range(6)
+P_LATENESS, P_A_SLOW, P_A_MEDIUM, P_A_FAST, P_A_VOLUME, P_A_GAP, P_IDLE_TTL = range(7)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -91,6 +91,36 @@ def _distinct_since(values, seen, s, since):  # type: ignore[no-untyped-def]
         if values[s, j] != 0 and seen[s, j] > since:
             n += 1
     return float(n)
+
+
+@numba.njit(cache=True, nogil=True)
+def _forget(  # type: ignore[no-untyped-def]
+    s, last_ts, n_seen, slow_mean, slow_var, medium_mean, fast_amount, logq_mean, nq,
+    logspread_mean, nspread, gap_slow, gap_recent, last_cp, cp_streak, pane_epoch,
+    cp_values, cp_seen, co_values, co_seen,
+):  # fmt: skip
+    """Blank slot s as a new entity's (engine.py `_SCALARS` defaults), except `last_offset`:
+    the redelivery guard is a position in the partition, not part of the entity's history.
+    Panes are blanked through their epochs (a read masks, a write resets, by epoch)."""
+    last_ts[s] = -1
+    n_seen[s] = 0
+    slow_mean[s] = 0.0
+    slow_var[s] = 0.0
+    medium_mean[s] = 0.0
+    fast_amount[s] = 0.0
+    logq_mean[s] = 0.0
+    nq[s] = 0
+    logspread_mean[s] = 0.0
+    nspread[s] = 0
+    gap_slow[s] = 0.0
+    gap_recent[s] = 0.0
+    last_cp[s] = 0
+    cp_streak[s] = 0.0
+    pane_epoch[s, :] = -1
+    cp_values[s, :] = 0
+    cp_seen[s, :] = -1
+    co_values[s, :] = 0
+    co_seen[s, :] = -1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -136,6 +166,7 @@ def process_events(  # type: ignore[no-untyped-def]
 ):
     """Apply a batch in arrival order, writing one feature row per event into `out`."""
     lateness = params[P_LATENESS]
+    idle_ttl = params[P_IDLE_TTL]
     n_windows = pane_start.shape[0]
     for i in range(slots.shape[0]):
         s = slots[i]
@@ -143,11 +174,20 @@ def process_events(  # type: ignore[no-untyped-def]
         a = amount[i]
         x = _symlog(a)
         lt = last_ts[s]
+        # A re-delivered event (at-least-once) is already in the state: describe, don't re-apply.
+        redelivered = offset[i] >= 0 and offset[i] <= last_offset[s]
+        if idle_ttl > 0 and lt >= 0 and t - lt > idle_ttl and not redelivered:
+            # Idle past the TTL: the entity starts over, exactly as if `expire_idle` had
+            # already released its slot (which it may or may not have, by batch timing).
+            _forget(
+                s, last_ts, n_seen, slow_mean, slow_var, medium_mean, fast_amount, logq_mean,
+                nq, logspread_mean, nspread, gap_slow, gap_recent, last_cp, cp_streak,
+                pane_epoch, cp_values, cp_seen, co_values, co_seen,
+            )  # fmt: skip
+            lt = -1
         seen_before = lt >= 0
         is_late = seen_before and t < lt - lateness
         late[i] = is_late
-        # A re-delivered event (at-least-once) is already in the state: describe, don't re-apply.
-        redelivered = offset[i] >= 0 and offset[i] <= last_offset[s]
         ref = t if t > lt else lt
         n = float(n_seen[s])
 
