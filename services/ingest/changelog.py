@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
@@ -42,6 +43,43 @@ class ChangelogError(RuntimeError):
     """The changelog could not be written or read; the service must not commit past it."""
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Window state of some entities as of `positions`, exported but not yet written.
+
+    Taking one costs the export only (a copy of each slot's row); writing it can wait until
+    the offsets it covers are committed (`IngestService`), so the ingest loop never waits for
+    the online store or the broker to checkpoint.
+    """
+
+    records: list[tuple[str, int, bytes]]
+    """(entity id, partition, state blob)."""
+    expired: list[tuple[str, int]]
+    """(entity id, partition) of entities whose state was dropped: tombstones."""
+    positions: dict[int, int]
+    """Partition -> next `events` offset; the state holds every event before it, none after."""
+    seq: int
+    """Last ingest batch the state includes (-1 when not tracked)."""
+    slots: tuple[int, ...] = ()
+    """Engine slots exported, to mark changed again if the snapshot is abandoned."""
+
+    @classmethod
+    def take(
+        cls,
+        engine: FeatureEngine,
+        slots: Iterable[int],
+        positions: dict[int, int],
+        expired: Iterable[tuple[str, int]],
+        seq: int,
+    ) -> Snapshot:
+        """Export `slots` now (the state must hold exactly the events before `positions`)."""
+        slot_arr = np.fromiter(slots, dtype=np.int64)
+        return cls(
+            engine.export_state(slot_arr), list(expired), dict(positions), seq,
+            tuple(slot_arr.tolist()),
+        )  # fmt: skip
+
+
 class StateChangelog:
     """Checkpoints and restores the window state of the partitions this instance owns."""
 
@@ -56,6 +94,7 @@ class StateChangelog:
         self._consumer_factory = consumer_factory
         self.changelog_topic = changelog_topic
         self.events_topic = events_topic
+        self._failures: list[str] = []
 
     # ------------------------------------------------------------------ writing
 
@@ -67,34 +106,47 @@ class StateChangelog:
         expired: Iterable[tuple[str, int]] = (),
     ) -> int:
         """Write the state of `slots`, a tombstone per `expired` (entity, partition), then a
-        marker per partition in `positions`; wait for acks.
+        marker per partition in `positions`; wait for acks (rebalances, shutdown).
 
         `positions` maps partition -> next `events` offset; every event before it must already
         be applied to the state being written. A tombstone (null value) is how a compacted
         topic deletes a key: compaction drops the entity's older records, then the tombstone
         itself after `delete.retention.ms`.
         """
-        records = engine.export_state(np.fromiter(slots, dtype=np.int64))
-        failures: list[str] = []
-
-        def on_delivery(err: KafkaError | None, _msg: object) -> None:
-            if err is not None:
-                failures.append(err.str())
-
-        produce = self._producer.produce
-        for entity, partition, blob in records:
-            self._produce(produce, partition, entity.encode(), blob, on_delivery)
-        for entity, partition in expired:
-            self._produce(produce, partition, entity.encode(), None, on_delivery)
-        for partition, position in positions.items():
-            self._produce(produce, partition, MARKER_KEY, str(position).encode(), on_delivery)
+        snapshot = Snapshot.take(engine, slots, positions, expired, seq=-1)
+        self.publish(snapshot)
         remaining = self._producer.flush(60.0)
-        if remaining or failures:
+        if remaining:
+            raise ChangelogError(f"changelog checkpoint incomplete: {remaining} unacknowledged")
+        self.raise_if_failed()
+        return len(snapshot.records)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Hand a snapshot's records, tombstones and then markers to the producer; no wait.
+
+        Order within a partition is the producer's (idempotent) order, so a reader that sees
+        a marker sees every record before it. A failed delivery is kept for `raise_if_failed`:
+        the service must stop rather than go on checkpointing over a hole.
+        """
+        produce = self._producer.produce
+        on_delivery = self._on_delivery
+        for entity, partition, blob in snapshot.records:
+            self._produce(produce, partition, entity.encode(), blob, on_delivery)
+        for entity, partition in snapshot.expired:
+            self._produce(produce, partition, entity.encode(), None, on_delivery)
+        for partition, position in snapshot.positions.items():
+            self._produce(produce, partition, MARKER_KEY, str(position).encode(), on_delivery)
+
+    def raise_if_failed(self) -> None:
+        """Raise if any changelog record handed to the producer was refused."""
+        if self._failures:
             raise ChangelogError(
-                f"changelog checkpoint incomplete: {remaining} unacknowledged, "
-                f"{len(failures)} failed ({failures[:1]})"
+                f"{len(self._failures)} changelog records failed (first: {self._failures[0]})"
             )
-        return len(records)
+
+    def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            self._failures.append(err.str())
 
     def _produce(
         self,

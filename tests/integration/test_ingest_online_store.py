@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from services.common.config import PlatformConfig
 from services.common.config.model import FeastConfig, IngestConfig, RedisOnlineStore
 from services.common.feast_store import OnlineFeatureReader, open_store
+from services.ingest.changelog import MARKER_KEY
 from services.ingest.metrics import IngestMetrics
 from services.ingest.runner import build_online_sink
 from services.ingest.service import IngestService
@@ -164,3 +166,52 @@ def test_a_redis_restart_is_waited_out_and_nothing_is_committed_past_it(
     for entity, row in zip(entities, stored, strict=True):
         expected = reference[last_event[entity]]
         np.testing.assert_allclose(row[PER_EVENT], expected[PER_EVENT], rtol=1e-6)
+
+
+def test_a_checkpoint_does_not_stall_the_stream_behind_a_slow_online_store(
+    platform_config: Callable[[], PlatformConfig], tmp_path: Path
+) -> None:
+    """A write that takes seconds (here: another connection holds SQLite's write lock) used
+    to stop the whole loop at the next checkpoint, which waited for the store before writing
+    the changelog (1-4 s every interval in the main job). Now the checkpoint's snapshot
+    waits, not the stream; nothing is committed past the unwritten rows, and the snapshot is
+    written once they are."""
+    db = tmp_path / "online.db"
+    cfg = store_config(
+        platform_config(),
+        tmp_path,
+        {"type": "sqlite", "path": str(db)},
+        checkpoint_interval_s=0.3,
+    )
+    topics, group = cfg.kafka.topics, cfg.ingest.group_id
+    events = make_events(600, entities=30)
+    first, second, third = events[:200], events[200:400], events[400:]
+
+    def committed() -> int:
+        return sum(committed_offsets(cfg, group, topics.events.name).values())
+
+    with RunningWithStore(cfg) as service:
+        produce(cfg, topics.events.name, encoded(first))
+        read_all(cfg, topics.features.name, expected=len(first))
+        _wait(lambda: committed() == len(first), "first commit")
+        lock = sqlite3.connect(db, timeout=30)
+        lock.execute("BEGIN EXCLUSIVE")  # the online write of `second` waits for this
+        try:
+            produce(cfg, topics.events.name, encoded(second))
+            read_all(cfg, topics.features.name, expected=len(first) + len(second))
+            time.sleep(4 * cfg.ingest.checkpoint_interval_s)  # checkpoints fall due meanwhile
+            sent = time.monotonic()
+            produce(cfg, topics.events.name, encoded(third))
+            read_all(cfg, topics.features.name, expected=len(events), timeout_s=10.0)
+            waited = time.monotonic() - sent
+            assert committed() == len(first), "committed past rows not in the online store"
+        finally:
+            lock.rollback()
+            lock.close()
+        _wait(lambda: committed() == len(events), "commit once the rows are written")
+        _wait(lambda: service.metrics.checkpoint_seconds._sum.get() > 0, "a checkpoint")
+    # ~1 s here, most of it the reader's own start; the old loop waited for the locked write
+    # to fail (SQLite's 5-s busy timeout), ~3.6 s.
+    assert waited < 2.5, f"the stream waited {waited:.1f} s for the online store"
+    markers = [r for r in read_all(cfg, topics.changelog.name, expected=1) if r.key == MARKER_KEY]
+    assert markers, "no checkpoint reached the changelog"

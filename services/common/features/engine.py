@@ -359,15 +359,21 @@ class FeatureEngine:
         prefixed with a layout version; `last_offset` inside lets a restore skip events
         the state already contains.
         """
-        arrays = self._slot_arrays()
-        out = []
-        for slot in slots.tolist():
-            entity = self._entity_of[slot]
-            if entity is None:
-                continue
-            blob = _STATE_VERSION + b"".join(arr[slot].tobytes() for arr in arrays)
-            out.append((entity, int(self.partition_of[slot]), blob))
-        return out
+        held = [s for s in slots.tolist() if self._entity_of[s] is not None]
+        if not held:
+            return []
+        rows = np.asarray(held, dtype=np.int64)
+        # One gather per array, then one byte row per slot: a checkpoint of thousands of
+        # entities runs on the ingest loop (a join of per-array slices cost ~45 us a slot).
+        table = np.concatenate(
+            [arr[rows].view(np.uint8).reshape(len(rows), -1) for arr in self._slot_arrays()],
+            axis=1,
+        )
+        parts = self.partition_of[rows].tolist()
+        return [
+            (self._entity_of[s] or "", p, _STATE_VERSION + row.tobytes())
+            for s, p, row in zip(held, parts, table, strict=True)
+        ]
 
     def import_state(self, records: list[tuple[str, int, bytes]]) -> int:
         """Restore entities from changelog blobs (latest per entity); returns how many."""
