@@ -69,13 +69,35 @@ def _suggested_rows(report: dict[str, Any], baseline_tpr: float) -> list[str]:
     if not suggested:
         return []
     weights = ", ".join(f"{k} {v:g}" for k, v in suggested["weights"].items())
-    test = suggested["test"]
-    gain = (test["tpr"] or 0.0) - baseline_tpr
-    return [
-        f"| weighted vote with suggested weights ({weights}; chosen on the tuning part): "
-        f"test TPR / FPR | {_fmt(test['tpr'])} / {_fmt(test['fpr'], 4)} "
-        f"({gain * 100:+.1f} points over the best baseline) |"
-    ]
+    rows = []
+    for label, test in (
+        ("one threshold", suggested["test"]),
+        ("thresholds per type", suggested.get("test_per_type_thresholds")),
+    ):
+        if test is None:
+            continue
+        gain = (test["tpr"] or 0.0) - baseline_tpr
+        rows.append(
+            f"| weighted vote with suggested weights ({weights}) and {label}, chosen on the "
+            f"tuning part: test TPR / FPR | {_fmt(test['tpr'])} / {_fmt(test['fpr'], 4)} "
+            f"({gain * 100:+.1f} points over the best baseline) |"
+        )
+    return rows
+
+
+def suggested_config(suggested: dict[str, Any]) -> str:
+    """The suggestion as the `ensemble` section of the platform config (YAML)."""
+    import yaml
+
+    section: dict[str, Any] = {
+        "strategy": "weighted",
+        "weights": suggested["weights"],
+        "default_threshold": suggested.get("default_threshold", suggested["threshold"]),
+    }
+    if suggested.get("thresholds_per_type"):
+        section["thresholds"] = suggested["thresholds_per_type"]
+    text: str = yaml.safe_dump({"ensemble": section}, sort_keys=False)
+    return text
 
 
 def _oracle_rows(report: dict[str, Any]) -> list[str]:
@@ -157,14 +179,25 @@ def markdown(report: dict[str, Any]) -> str:
     suggested = report["ensemble"].get("suggested")
     if suggested:
         weights = ", ".join(f"{k} {v:g}" for k, v in suggested["weights"].items())
-        test = suggested["test"]
+        lines += ["## Suggested vote (chosen on the tuning part)", ""]
+        for label, test in (
+            (f"one threshold {suggested['threshold']:.4f}", suggested["test"]),
+            ("the thresholds per type below", suggested.get("test_per_type_thresholds")),
+        ):
+            if test is None:
+                continue
+            lines += [
+                f"Weights {weights} with {label}: test TPR {_fmt(test['tpr'])}, "
+                f"FPR {_fmt(test['fpr'], 4)}; recall per type: "
+                + ", ".join(f"{k} {_fmt(v)}" for k, v in test["recall_per_type"].items()),
+                "",
+            ]
         lines += [
-            "## Suggested weights (chosen on the tuning part)",
+            "As the `ensemble` section of the platform config (thresholds rounded up):",
             "",
-            f"weighted vote with weights {weights} and threshold "
-            f"{suggested['threshold']:.4f}: test TPR {_fmt(test['tpr'])}, "
-            f"FPR {_fmt(test['fpr'], 4)}; recall per type: "
-            + ", ".join(f"{k} {_fmt(v)}" for k, v in test["recall_per_type"].items()),
+            "```yaml",
+            suggested_config(suggested).rstrip(),
+            "```",
             "",
         ]
     adbench = report.get("adbench")

@@ -423,6 +423,7 @@ def evaluate(
             f"{comp['baseline_at_target']['tpr']:.3f}; tuned threshold: TPR "
             f"{comp['ensemble_tuned_threshold']['tpr']:.3f} FPR "
             f"{comp['ensemble_tuned_threshold']['fpr']:.4f}"
+            + _per_type_summary(result.report)
             + (
                 f"; oracle ceiling {result.report['oracle']['tpr']:.3f}"
                 if "oracle" in result.report
@@ -433,6 +434,17 @@ def evaluate(
             typer.echo(f"wrote {path}")
 
     _guard_models(_run)
+
+
+def _per_type_summary(report: dict[str, Any]) -> str:
+    """The suggested vote's test figures with thresholds per type, for the summary line."""
+    test = report["ensemble"].get("suggested", {}).get("test_per_type_thresholds")
+    if not test:
+        return ""
+    return (
+        f"; suggested weights and thresholds per type (report.md): TPR {test['tpr']:.3f} "
+        f"FPR {test['fpr']:.4f}"
+    )
 
 
 # --------------------------------------------------------------------------- registry

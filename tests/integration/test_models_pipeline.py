@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+import yaml
 
 from models.adbench import check_dataset, default_adbench_dir
 from models.dataset import FeatureBuilder, LabelledFeatures, parse_raw_events
@@ -30,6 +31,7 @@ from models.sequences import gather_sequences, history_index
 from models.training import TrainedModel, TrainSettings, train_all, train_model
 from models.transformer import TransformerSettings, fit_transformer
 from models.xgb_classifier import XGBoostSettings
+from services.common.anomaly_types import AnomalyType
 from services.common.config.model import EnsembleConfig
 from services.common.features.definition import FEATURE_NAMES
 from services.common.model_names import ModelName
@@ -210,14 +212,25 @@ def test_evaluation_report(loaded: dict[ModelName, LoadedModel], tmp_path: Path)
         assert 0.0 <= entry["roc_auc"] <= 1.0
         assert set(entry["tpr_at_fpr"]) == {"0.1%", "0.3%", "1%"}
         assert "price_spike" in entry["recall_per_type_at_fpr"]["0.3%"]
-    assert report["ensemble"]["suggested"]["weights"]
+    suggested = report["ensemble"]["suggested"]
+    assert suggested["weights"]
+    # Thresholds per type share the target's false-positive budget on the tuning part, and
+    # the report carries them as a config section the platform loads.
+    assert set(suggested["thresholds_per_type"]) == {t.value for t in AnomalyType}
+    spent = sum(suggested["tune_false_positives_per_type"].values())
+    assert spent <= 0.003 * report["stream"]["tune_events"]  # at most 0.3% of its normals
+    assert 0.0 <= suggested["test_per_type_thresholds"]["fpr"] <= 1.0
     comparison = report["comparison"]
     assert comparison["ensemble_at_target"]["fpr"] <= 0.003
     paths = write_report(result, tmp_path / "eval")
     assert {p.name for p in paths} == {"report.json", "report.md", "roc.png", "pr.png"}
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["comparison"]
     assert (tmp_path / "eval" / "roc.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| xgboost |" in (tmp_path / "eval" / "report.md").read_text()
+    markdown = (tmp_path / "eval" / "report.md").read_text()
+    assert "| xgboost |" in markdown
+    section = yaml.safe_load(markdown.split("```yaml\n")[1].split("```")[0])["ensemble"]
+    shipped = EnsembleConfig.model_validate(section)
+    assert {t.value: v for t, v in shipped.thresholds.items()} == suggested["thresholds_per_type"]
     # Recalibrated on the tuning part, a calibrated threshold t flags about 1 - t of its normals.
     recalibrated = evaluate_stream(
         held_out,
