@@ -99,6 +99,7 @@ def _stream_scorer(
         batch_max=router.stream_batch_max,
         batch_timeout_s=router.stream_batch_timeout_ms / 1000.0,
         max_in_flight=router.stream_max_in_flight,
+        scoring_depth=router.stream_scoring_depth,
     )
 
 

@@ -12,8 +12,11 @@ Batches are pipelined, because one batch at a time leaves both processes idle ha
 (the model server while the router encodes and waits for acks, the router while the models
 score): batch n+1 is consumed and its model calls are sent before batch n's decisions are
 encoded and produced, so the model server scores n+1 while the router works on n; batch n's
-acknowledgements arrive while later batches are scored. At most `max_in_flight` batches wait
-for acknowledgements; past that the door waits for the broker. Decisions are encoded for the
+acknowledgements arrive while later batches are scored. `router.stream_scoring_depth`
+batches may be scored at once: where the model server shares starved cores with the rest of
+the pipeline, one batch's calls take longer than the door's work on the previous one. At
+most `max_in_flight` batches wait for acknowledgements; past that the door waits for the
+broker. Decisions are encoded for the
 whole batch at once (`decision_json`) and handed to librdkafka in one `produce_batch` call.
 """
 
@@ -23,6 +26,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -71,6 +75,11 @@ class _Consumed:
     scoring: asyncio.Task[ScoredBatch] | None = None
 
 
+def _scored(item: _Consumed) -> bool:
+    """Its model calls have answered (or it had none to make)."""
+    return item.scoring is None or item.scoring.done()
+
+
 class StreamScorer:
     """A member of the router's consumer group on `features`."""
 
@@ -86,9 +95,12 @@ class StreamScorer:
         batch_max: int,
         batch_timeout_s: float,
         max_in_flight: int = 4,
+        scoring_depth: int = 1,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if scoring_depth < 1:
+            raise ValueError(f"scoring_depth must be >= 1, got {scoring_depth}")
         self.config = config
         self.live = live
         self.delivery = delivery
@@ -98,6 +110,7 @@ class StreamScorer:
         self._batch_max = batch_max
         self._batch_timeout_s = batch_timeout_s
         self._max_in_flight = max_in_flight
+        self._scoring_depth = scoring_depth
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._inflight = InFlightBatches()
@@ -167,24 +180,29 @@ class StreamScorer:
     # ------------------------------------------------------------------ the pipeline
 
     async def _pipeline(self, core: ScoringCore, consumer: Consumer, producer: Producer) -> None:
-        scoring: _Consumed | None = None  # its model calls are in flight
+        scoring: deque[_Consumed] = deque()  # model calls in flight, oldest first
         while not self._stop.is_set():
-            # With a batch being scored, take only what is already fetched: waiting here
-            # would hold back that batch's decisions.
-            timeout = 0.0 if scoring is not None else self._batch_timeout_s
+            # With batches being scored, take only what is already fetched: waiting here
+            # would hold back their decisions.
+            timeout = 0.0 if scoring else self._batch_timeout_s
             msgs = consumer.consume(self._batch_max, timeout=timeout)
             self._ready.set()
             following = self._start(core, msgs, producer) if msgs else None
-            if following is not None and following.scoring is not None:
-                await asyncio.sleep(0)  # let its requests leave before this loop is busy
-            if scoring is not None:
-                await self._finish(scoring, producer)
-            scoring = following
+            if following is not None:
+                if following.scoring is not None:
+                    await asyncio.sleep(0)  # let its requests leave before this loop is busy
+                scoring.append(following)
+            # Beyond the depth (one batch added per turn), or with nothing new to start,
+            # the oldest is waited for; any batch already scored is finished now, in order.
+            if len(scoring) > self._scoring_depth or (following is None and scoring):
+                await self._finish(scoring.popleft(), producer)
+            while scoring and _scored(scoring[0]):
+                await self._finish(scoring.popleft(), producer)
             producer.poll(0)
             self._commit(producer, consumer)
             await self._bound_in_flight(producer, consumer)
-        if scoring is not None:
-            await self._finish(scoring, producer)
+        while scoring:
+            await self._finish(scoring.popleft(), producer)
 
     def _start(
         self, core: ScoringCore, msgs: list[Message], producer: Producer

@@ -111,12 +111,15 @@ def event_ids(records: list[Record]) -> list[str]:
     return [orjson.loads(r.value)["event_id"] for r in records]
 
 
+@pytest.mark.parametrize("depth", [1, 3])
 def test_every_event_is_decided_on_its_entity_partition_and_a_clean_stop_commits_all(
-    stream: tuple[PlatformConfig, Path], tmp_path: Path
-) -> None:
+    stream: tuple[PlatformConfig, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    depth: int,
+) -> None:  # fmt: skip
     cfg, config = stream
     topics = cfg.kafka.topics
     log = tmp_path / "router.log"
+    monkeypatch.setenv("ANOMALY_ROUTER__STREAM_SCORING_DEPTH", str(depth))
     proc = start_router(config, log, "--batch-max", "700", "--max-in-flight", "3")
     try:
         scores = read_all(cfg, topics.scores.name, EVENTS, timeout_s=120)
@@ -135,6 +138,12 @@ def test_every_event_is_decided_on_its_entity_partition_and_a_clean_stop_commits
         assert r.key == d["entity_id"].encode()
         assert r.partition == partition_of[r.key]
         assert d["strategy"] == "cascade" and isinstance(d["explanation"], str)
+    # However many batches are scored at once, each partition's decisions come out in the
+    # order of its feature vectors (batches are finished oldest first).
+    for partition in {r.partition for r in features}:
+        assert event_ids([r for r in scores if r.partition == partition]) == [
+            r.value[HEADER_SIZE:].decode() for r in features if r.partition == partition
+        ]
     group = f"{config.parent.name}-router"
     assert committed_offsets(cfg, group, topics.features.name) == end_offsets(
         cfg, topics.features.name

@@ -537,6 +537,13 @@ class RouterConfig(Section):
     batches spread each model call's fixed cost, smaller ones bound a batch's latency."""
     stream_batch_timeout_ms: int = Field(default=50, ge=1, le=60_000)
     """Longest wait to fill a stream batch; bounds the latency batching adds at low traffic."""
+    stream_scoring_depth: int = Field(default=2, ge=1, le=16)
+    """Stream batches whose model calls may be in flight at once while the door encodes and
+    produces an earlier one (decisions still leave in order). 1 overlaps one batch's scoring
+    with the previous batch's output; 2 also covers a model server that answers a batch
+    slower than the door finishes one (measured: 54-55k -> 58-62k decisions/s on the 2-core
+    machine, `loadtest/bench_router.py --parts stream`); more help remote model servers,
+    at the cost of more batches scored again after a rebalance."""
     stream_max_in_flight: int = Field(default=4, ge=1, le=1_000)
     """Stream batches produced but not yet acknowledged (and committed) before the door waits
     for the broker; bounds producer memory and the batches scored again after a crash."""
