@@ -198,3 +198,18 @@ def test_router_option_out_of_bounds_names_option_and_key(
     assert "--max-in-flight (router.stream_max_in_flight) = 0" in result.output
     assert "Traceback" not in result.output
     assert started == []
+
+
+def test_the_helm_chart_votes_as_the_shipped_config() -> None:
+    """The chart's config.ensemble is config/platform.yaml's (chosen by `anomaly evaluate`):
+    a Helm release votes as the measured figures say (the chart had weights 1 / 2 / 1 and a
+    0.9 threshold, which flags about a tenth of normal traffic)."""
+    import yaml
+
+    from services.common.config.model import EnsembleConfig
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = load_config(root / "config" / "platform.yaml").ensemble
+    values = yaml.safe_load((root / "helm" / "anomaly-platform" / "values.yaml").read_text())
+    assert EnsembleConfig.model_validate(values["config"]["ensemble"]) == shipped
+    assert min(shipped.thresholds.values()) >= 0.99
