@@ -213,3 +213,30 @@ def test_the_helm_chart_votes_as_the_shipped_config() -> None:
     values = yaml.safe_load((root / "helm" / "anomaly-platform" / "values.yaml").read_text())
     assert EnsembleConfig.model_validate(values["config"]["ensemble"]) == shipped
     assert min(shipped.thresholds.values()) >= 0.99
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"xgboost": {"enabled": False}, "transformer": {"enabled": False}},
+        {"xgboost": {"shadow": True}, "transformer": {"enabled": False}},
+    ],
+)
+def test_a_vote_where_every_voting_model_weighs_nothing_is_refused(
+    tmp_path: Path, flags: dict[str, object]
+) -> None:
+    """With the shipped weights (Isolation Forest 0), leaving only the Isolation Forest to
+    vote would flag nothing ever, silently: the config is refused, saying why."""
+    import yaml
+
+    config = {"ensemble": {"weights": {"isolation_forest": 0.0, "xgboost": 2.0,
+                                       "transformer": 0.5}},
+              "flags": {"models": flags}}  # fmt: skip
+    path = tmp_path / "platform.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"every voting model \(isolation_forest\) has weight 0"):
+        load_config(path)
+    # Other vote rules do not weigh the scores: the same models and weights are fine there.
+    config["ensemble"]["strategy"] = "any"  # type: ignore[index]
+    path.write_text(yaml.safe_dump(config))
+    assert load_config(path).ensemble.strategy == "any"

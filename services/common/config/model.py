@@ -664,6 +664,28 @@ class PlatformConfig(BaseSettings):
     generator: GeneratorConfig = GeneratorConfig()
     """Synthetic stream defaults."""
 
+    @model_validator(mode="after")
+    def _someone_can_flag(self) -> PlatformConfig:
+        """Under the weighted vote (and the cascade) a model of weight 0 adds nothing and is
+        not even called, so when every voting model weighs 0 no event could ever be flagged,
+        silently (the evaluation's metrics fail on the all-NaN scores instead)."""
+        if self.ensemble.strategy not in ("weighted", "cascade"):
+            return self
+        voters = [
+            m
+            for m in ModelName
+            if (flag := self.flags.models.get(m)) is None or (flag.enabled and not flag.shadow)
+        ]
+        if voters and not any(self.ensemble.weights.get(m, 1.0) > 0 for m in voters):
+            raise ValueError(
+                "ensemble.weights: every voting model ("
+                + ", ".join(m.value for m in voters)
+                + f") has weight 0 under the {self.ensemble.strategy} vote, so no event could "
+                "ever be flagged; give one of them a weight > 0 or enable another model "
+                "(flags.models)"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
