@@ -17,6 +17,7 @@ _OPTIONS = {
     "stream_batch_max": "--batch-max",
     "stream_batch_timeout_ms": "--batch-timeout-ms",
     "stream_max_in_flight": "--max-in-flight",
+    "stream_scoring_depth": "--scoring-depth",
 }
 """The `router.*` key each stream option overrides, and the option's name in messages."""
 
@@ -27,6 +28,7 @@ def with_stream_options(
     stream_batch_max: int | None = None,
     stream_batch_timeout_ms: int | None = None,
     stream_max_in_flight: int | None = None,
+    stream_scoring_depth: int | None = None,
 ) -> PlatformConfig:
     """`cfg` with the stream options that were given laid over `router.stream_*`.
 
@@ -37,6 +39,7 @@ def with_stream_options(
         "stream_batch_max": stream_batch_max,
         "stream_batch_timeout_ms": stream_batch_timeout_ms,
         "stream_max_in_flight": stream_max_in_flight,
+        "stream_scoring_depth": stream_scoring_depth,
     }
     update = {key: value for key, value in given.items() if value is not None}
     if not update:
@@ -87,6 +90,13 @@ def router(
             "(default: router.stream_max_in_flight).",
         ),
     ] = None,
+    scoring_depth: Annotated[
+        int | None,
+        typer.Option(
+            help="Stream door: batches whose model calls may be in flight at once; decisions "
+            "still leave in order (default: router.stream_scoring_depth).",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ...")] = "INFO",
 ) -> None:
     """The routing service: the `features` stream (decisions to `scores`, alerts through the
@@ -101,6 +111,7 @@ def router(
             stream_batch_max=batch_max,
             stream_batch_timeout_ms=batch_timeout_ms,
             stream_max_in_flight=max_in_flight,
+            stream_scoring_depth=scoring_depth,
         )
         configure_logging(log_level)
         from services.router.runner import run_router

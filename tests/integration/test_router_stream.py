@@ -113,14 +113,14 @@ def event_ids(records: list[Record]) -> list[str]:
 
 @pytest.mark.parametrize("depth", [1, 3])
 def test_every_event_is_decided_on_its_entity_partition_and_a_clean_stop_commits_all(
-    stream: tuple[PlatformConfig, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    depth: int,
-) -> None:  # fmt: skip
+    stream: tuple[PlatformConfig, Path], tmp_path: Path, depth: int
+) -> None:
     cfg, config = stream
     topics = cfg.kafka.topics
     log = tmp_path / "router.log"
-    monkeypatch.setenv("ANOMALY_ROUTER__STREAM_SCORING_DEPTH", str(depth))
-    proc = start_router(config, log, "--batch-max", "700", "--max-in-flight", "3")
+    proc = start_router(
+        config, log, "--batch-max", "700", "--max-in-flight", "3", "--scoring-depth", str(depth)
+    )
     try:
         scores = read_all(cfg, topics.scores.name, EVENTS, timeout_s=120)
         assert len(scores) == EVENTS, log.read_text()[-3000:]

@@ -240,3 +240,12 @@ def test_a_vote_where_every_voting_model_weighs_nothing_is_refused(
     config["ensemble"]["strategy"] = "any"  # type: ignore[index]
     path.write_text(yaml.safe_dump(config))
     assert load_config(path).ensemble.strategy == "any"
+
+
+def test_router_stream_options_override_the_file_within_its_bounds() -> None:
+    from services.cli.router_cmd import with_stream_options
+
+    cfg = with_stream_options(load_config(None), stream_scoring_depth=3, stream_batch_max=700)
+    assert (cfg.router.stream_scoring_depth, cfg.router.stream_batch_max) == (3, 700)
+    with pytest.raises(ConfigError, match=r"--scoring-depth \(router.stream_scoring_depth\) = 0"):
+        with_stream_options(cfg, stream_scoring_depth=0)
