@@ -150,17 +150,12 @@ class BatchDecision:
         return f"{head}; " + ", ".join(parts) + tail
 
 
-def _roles(
-    config: EnsembleConfig, flags: FeatureFlags | None
-) -> tuple[tuple[ModelName, ...], tuple[ModelName, ...]]:
-    voters: list[ModelName] = []
-    shadows: list[ModelName] = []
-    for name in ModelName:
-        flag = flags.models.get(name) if flags is not None else None
-        if flag is not None and not flag.enabled:
-            continue
-        (shadows if flag is not None and flag.shadow else voters).append(name)
-    return tuple(voters), tuple(shadows)
+_NO_FLAGS: Final = FeatureFlags(models={})
+"""No flags: every model votes."""
+
+
+def _roles(flags: FeatureFlags | None) -> tuple[tuple[ModelName, ...], tuple[ModelName, ...]]:
+    return (flags if flags is not None else _NO_FLAGS).roles()
 
 
 def _column(value: npt.ArrayLike | None, n: int) -> F64:
@@ -222,10 +217,8 @@ def idle_voters(config: EnsembleConfig, flags: FeatureFlags | None = None) -> fr
     """Voters whose score cannot change any decision, so they need not be called."""
     if config.strategy not in ("weighted", "cascade"):
         return frozenset()
-    voters, _ = _roles(config, flags)
-    return frozenset(
-        m for m in voters if m is not ModelName.XGBOOST and config.weights.get(m, 1.0) == 0.0
-    )
+    voters, _ = _roles(flags)
+    return frozenset(m for m in voters if m is not ModelName.XGBOOST and config.weight(m) == 0.0)
 
 
 def needs_transformer(
@@ -235,7 +228,7 @@ def needs_transformer(
     cheap model scored), i.e. those to send to the Transformer. All events for the other
     strategies (when the Transformer votes)."""
     n = _batch_size(scores, None)
-    voters, _ = _roles(config, flags)
+    voters, _ = _roles(flags)
     if ModelName.TRANSFORMER not in voters or ModelName.TRANSFORMER in idle_voters(config, flags):
         return np.zeros(n, dtype=np.bool_)
     if config.strategy != "cascade":
@@ -243,7 +236,7 @@ def needs_transformer(
     cheap_names = [m for m in voters if m in CHEAP_MODELS]
     cheap = _weighted(
         [_column(scores.get(m), n) for m in cheap_names],
-        [config.weights.get(m, 1.0) for m in cheap_names],
+        [config.weight(m) for m in cheap_names],
         n,
     )
     band = (cheap >= config.cascade.uncertain_low) & (cheap < config.cascade.uncertain_high)
@@ -261,14 +254,14 @@ def decide_batch(
     event; an absent key or None = missing for all); `anomaly_type` holds AnomalyType
     indexes (-1 or None = unknown)."""
     n = _batch_size(scores, anomaly_type)
-    voters, shadows = _roles(config, flags)
+    voters, shadows = _roles(flags)
     cols = {m: _column(scores.get(m), n) for m in ModelName}
     types = (
         np.full(n, UNKNOWN_TYPE, dtype=np.int64)
         if anomaly_type is None or ModelName.XGBOOST not in voters
         else np.asarray(anomaly_type, dtype=np.int64).reshape(-1)
     )
-    weights = {m: float(config.weights.get(m, 1.0)) for m in ModelName}
+    weights = {m: config.weight(m) for m in ModelName}
     threshold = thresholds_for(types, config)
     idle = idle_voters(config, flags)
     needed = {m: np.full(n, m not in idle, dtype=np.bool_) for m in voters}

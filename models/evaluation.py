@@ -48,7 +48,7 @@ from models.metrics import (
 from models.progress import Progress, silent
 from models.registry import ScoreBatch
 from models.scoring import ModelScorer, score_stream
-from models.type_thresholds import TypeThresholds, allocate
+from models.type_thresholds import F64, TypeThresholds, allocate
 from services.common.config.model import EnsembleConfig, FeatureFlags
 from services.common.model_names import ModelName
 
@@ -223,7 +223,7 @@ def _suggest_weights(
     tune_labels = labels[tune]
     n_types = len(TYPES)
     no_types = np.full(tune_labels.size, UNKNOWN_TYPE, np.int64)
-    best: tuple[int, dict[ModelName, float], TypeThresholds] | None = None
+    best: tuple[int, dict[ModelName, float], TypeThresholds, F64] | None = None
     names = [m for m in WEIGHT_GRID if m in scores]
     for combo in itertools.product(*(WEIGHT_GRID[m] for m in names)):
         weights = dict(zip(names, combo, strict=True))
@@ -236,12 +236,10 @@ def _suggest_weights(
             target_fpr,
         )  # fmt: skip
         if best is None or split.caught > best[0]:
-            best = (split.caught, weights, split)
+            best = (split.caught, weights, split, score)
     if best is None:
         return {}
-    _, weights, split = best
-    config = ensemble.model_copy(update={"strategy": "weighted", "weights": weights})
-    score = decide_batch(scores, types, config, flags).score
+    _, weights, split, score = best
     single = threshold_for_fpr(score[tune][tune_labels == 0], target_fpr)
     per_type = {t.value: _round_up(float(v)) for t, v in zip(TYPES, split.per_type, strict=True)}
     default = _round_up(split.default)

@@ -72,10 +72,8 @@ def _suggested_rows(report: dict[str, Any], baseline_tpr: float) -> list[str]:
     rows = []
     for label, test in (
         ("one threshold", suggested["test"]),
-        ("thresholds per type", suggested.get("test_per_type_thresholds")),
+        ("thresholds per type", suggested["test_per_type_thresholds"]),
     ):
-        if test is None:
-            continue
         gain = (test["tpr"] or 0.0) - baseline_tpr
         rows.append(
             f"| weighted vote with suggested weights ({weights}) and {label}, chosen on the "
@@ -92,7 +90,7 @@ def suggested_config(suggested: dict[str, Any]) -> str:
     section: dict[str, Any] = {
         "strategy": "weighted",
         "weights": suggested["weights"],
-        "default_threshold": suggested.get("default_threshold", suggested["threshold"]),
+        "default_threshold": suggested["default_threshold"],
     }
     if suggested.get("thresholds_per_type"):
         section["thresholds"] = suggested["thresholds_per_type"]
@@ -182,10 +180,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Suggested vote (chosen on the tuning part)", ""]
         for label, test in (
             (f"one threshold {suggested['threshold']:.4f}", suggested["test"]),
-            ("the thresholds per type below", suggested.get("test_per_type_thresholds")),
+            ("the thresholds per type below", suggested["test_per_type_thresholds"]),
         ):
-            if test is None:
-                continue
             lines += [
                 f"Weights {weights} with {label}: test TPR {_fmt(test['tpr'])}, "
                 f"FPR {_fmt(test['fpr'], 4)}; recall per type: "

@@ -122,14 +122,12 @@ def allocate(
         allocation[g] = choices[g][left]
         left -= int(allocation[g])
     chosen = np.array([levels[g][allocation[g]] for g in range(n_types + 1)])
-    chosen = np.where(np.isnan(chosen), single, chosen)  # no normal event of that type
-    flagged = score >= np.append(chosen[:n_types], chosen[n_types])[groups]
+    chosen = np.where(np.isnan(chosen), single, chosen)  # no normal event of that group
+    flagged = score >= chosen[groups]
     return TypeThresholds(
         per_type=chosen[:n_types],
-        default=float(chosen[n_types]) if (groups == n_types).any() else single,
-        false_positives=np.array(
-            [int((flagged & normal & (groups == g)).sum()) for g in range(n_types + 1)]
-        ),
+        default=float(chosen[n_types]),
+        false_positives=np.bincount(groups[flagged & normal], minlength=n_types + 1),
         budget=budget,
         caught=int((flagged & ~normal).sum()),
     )

@@ -16,8 +16,8 @@ acknowledgements arrive while later batches are scored. `router.stream_scoring_d
 batches may be scored at once: where the model server shares starved cores with the rest of
 the pipeline, one batch's calls take longer than the door's work on the previous one. At
 most `max_in_flight` batches wait for acknowledgements; past that the door waits for the
-broker. Decisions are encoded for the
-whole batch at once (`decision_json`) and handed to librdkafka in one `produce_batch` call.
+broker. Decisions are encoded for the whole batch at once (`decision_json`) and handed to
+librdkafka in one `produce_batch` call.
 """
 
 from __future__ import annotations

@@ -284,6 +284,11 @@ class EnsembleConfig(Section):
         }
     )
     """Relative weight of each model in the weighted vote."""
+
+    def weight(self, model: ModelName) -> float:
+        """The model's weight in the weighted vote (1 when it has none configured)."""
+        return float(self.weights.get(model, 1.0))
+
     k: int = Field(default=2, ge=1, le=len(ModelName))
     """Votes needed under `k_of_n`."""
     default_threshold: float = Field(default=0.9, ge=0, le=1)
@@ -336,6 +341,18 @@ class FeatureFlags(Section):
     """Entities that never alert (known noisy, under maintenance)."""
     forced_entities: frozenset[str] = frozenset()
     """Entities whose every anomalous-or-not decision alerts (investigation mode)."""
+
+    def roles(self) -> tuple[tuple[ModelName, ...], tuple[ModelName, ...]]:
+        """(voters, shadows): enabled models that vote, and those that only report (shadow
+        mode), in ModelName order; a model without a flag votes."""
+        voters: list[ModelName] = []
+        shadows: list[ModelName] = []
+        for name in ModelName:
+            flag = self.models.get(name)
+            if flag is not None and not flag.enabled:
+                continue
+            (shadows if flag is not None and flag.shadow else voters).append(name)
+        return tuple(voters), tuple(shadows)
 
     @model_validator(mode="after")
     def _no_entity_both_ways(self) -> FeatureFlags:
@@ -671,12 +688,8 @@ class PlatformConfig(BaseSettings):
         silently (the evaluation's metrics fail on the all-NaN scores instead)."""
         if self.ensemble.strategy not in ("weighted", "cascade"):
             return self
-        voters = [
-            m
-            for m in ModelName
-            if (flag := self.flags.models.get(m)) is None or (flag.enabled and not flag.shadow)
-        ]
-        if voters and not any(self.ensemble.weights.get(m, 1.0) > 0 for m in voters):
+        voters, _ = self.flags.roles()
+        if voters and not any(self.ensemble.weight(m) > 0 for m in voters):
             raise ValueError(
                 "ensemble.weights: every voting model ("
                 + ", ".join(m.value for m in voters)
